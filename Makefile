@@ -1,0 +1,39 @@
+# Every target sets up .venv first (only Python is needed on the machine); `make setup` is quick
+# once the environment matches requirements.txt.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: setup run test test-fast sweep lint clean-generated
+
+setup: $(STAMP)
+
+# torch first, then everything else under constraints.txt, so no package can swap in a CUDA build.
+$(STAMP): requirements.txt constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
+	@touch $(STAMP)
+
+# The main job: build the mini-web world and the tiny model (no-op when up to date), logged to MLflow.
+run: setup
+	$(PY) run.py task=build $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+# A width sweep of the default configuration (one MLflow child run per width).
+sweep: setup
+	$(PY) run.py +exp=width_sweep -m $(ARGS)
+
+lint: setup
+	$(PY) -m ruff check .
+
+clean-generated:
+	rm -rf data/generated

@@ -1,0 +1,267 @@
+"""Structured configs: the schema and defaults of every config group, registered in Hydra's
+ConfigStore as `base_config`. conf/config.yaml lists `base_config` first in its defaults, so every
+YAML option is merged into these typed nodes: an unknown key, a wrong type or a missing required
+value fails when the config is composed, before any work starts.
+
+One dataclass per group holds the fields of all its options (an engine config carries the hf,
+vllm and openai fields side by side); the option's YAML sets the ones it uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import II, MISSING, OmegaConf
+
+from wideseek_exp import REPO_ROOT
+
+
+class Task(str, Enum):
+    build = "build"  # corpus, index, task sets, tiny model
+    eval = "eval"  # rollouts + WideSearch scoring
+    score = "score"  # score existing responses
+    train = "train"  # multi-agent GRPO
+    sft = "sft"  # imitation warm start
+    data = "data"  # broad-task synthesis from tables
+    serve_search = "serve_search"  # a search backend over HTTP
+
+
+class ModelSource(str, Enum):
+    tiny = "tiny"  # built locally by task=build (random weights, our tokenizer)
+    hub = "hub"  # a Hugging Face hub id (needs the hub or a warm cache; never used by tests)
+    local = "local"  # a model folder on disk
+
+
+class OnError(str, Enum):
+    skip = "skip"
+    fail = "fail"
+
+
+@dataclass
+class PathsConfig:
+    root: str = "${repo_root:}"
+    data: str = "${paths.root}/data"
+    generated: str = "${paths.data}/generated"  # git-ignored: everything task=build makes
+    corpus: str = "${paths.generated}/miniweb/corpus"
+    index: str = "${paths.generated}/miniweb/index"
+    miniweb_tasks: str = "${paths.generated}/tasks/miniweb"
+    outputs: str = "${paths.root}/outputs"
+    multirun: str = "${paths.root}/multirun"
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    # null: $MLFLOW_TRACKING_URI when set, else sqlite:///<repo root>/mlflow.db
+    uri: str | None = None
+    experiment: str = "wideseek-${task}"
+    run_name: str | None = None
+    param_prefix: str = "cfg."
+    check_timeout_s: float = 5.0  # an unreachable server fails within this, before any work
+
+
+@dataclass
+class BuildConfig:
+    force: bool = False  # rebuild even when the stamps say the inputs are unchanged
+
+
+@dataclass
+class TinyArchConfig:
+    vocab_size: int = 8192
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 64
+    max_position_embeddings: int = 16384
+    rope_theta: float = 1_000_000.0
+    tie_word_embeddings: bool = True
+    init_seed: int = 0
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    source: ModelSource = ModelSource.hub
+    path: str = MISSING  # hub id, or the model folder
+    revision: str | None = None
+    dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    max_context_tokens: int = 32768  # per agent
+    trust_remote_code: bool = False
+    tiny: TinyArchConfig | None = None  # only for source=tiny
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class EngineConfig:
+    name: str = MISSING  # hf | vllm | openai
+    max_batch_size: int = 16
+    device: str = "auto"
+    # vllm
+    gpu_memory_utilization: float = 0.5
+    tensor_parallel_size: int = 1
+    enable_sleep_mode: bool = False
+    # openai-compatible HTTP
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    served_model_name: str | None = None
+    max_concurrency: int = 32
+    timeout_s: float = 600.0
+    max_retries: int = 5
+
+
+@dataclass
+class SearchConfig:
+    name: str = MISSING  # local | web | server
+    top_k: int = 3
+    max_top_k: int = 10
+    max_page_chars: int = 25_000
+    # web (Serper-style search + Jina-style reader)
+    search_url: str = "https://google.serper.dev/search"
+    search_api_key_env: str = "SERPER_API_KEY"
+    reader_url: str = "https://r.jina.ai/"
+    reader_api_key_env: str = "JINA_API_KEY"
+    cache_path: str = "${paths.generated}/web_cache.sqlite"
+    # server (HTTP client, and the address task=serve_search listens on)
+    server_url: str = "http://127.0.0.1:8765"
+    host: str = "127.0.0.1"
+    port: int = 8765
+    max_concurrency: int = 16
+    timeout_s: float = 30.0
+    max_retries: int = 5
+
+
+@dataclass
+class AgentConfig:
+    name: str = MISSING  # wideseek | singleseek
+    policy: str = "model"  # model | scripted
+    max_subagents_per_call: int = II("subagents")  # the width W, stated in the lead's tool description
+    lead_max_turns: int = 10
+    subagent_max_turns: int = 20
+    single_max_turns: int = 50
+    max_context_tokens: int = II("model.max_context_tokens")
+    max_reply_tokens: int = 8192
+    max_queries_per_call: int = 5
+    max_urls_per_call: int = 5
+    summarizer: str = "extractive"  # none | extractive | llm
+    thinking: bool = True
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+@dataclass
+class RewardConfig:
+    name: str = MISSING  # wideseek | item_f1 | row_f1
+    answer_metric: str = "item_f1"
+    format_bonus: float = 0.1  # a valid final table
+    access_bonus: float = 0.05  # at least one access call
+    length_penalty: float = 0.1  # at most this much ...
+    length_penalty_start: int = 3000  # ... from this longest-reply length ...
+    length_penalty_end: int = 5000  # ... reaching the full penalty here (tokens)
+
+
+@dataclass
+class JudgeConfig:
+    name: str = MISSING  # exact | llm
+    model: str = "gpt-4.1-2025-04-14"
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    max_retries: int = 8
+    timeout_s: float = 120.0
+    cache_dir: str = "${paths.generated}/judge_cache"
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # miniweb | widesearch | wideseek_train
+    path: str | None = None  # a folder or file holding the split files
+    train_file: str = "train.jsonl"
+    test_file: str = "test.jsonl"
+    gold_dir: str | None = None  # widesearch: widesearch_gold/<instance_id>.csv
+    split: str = "test"
+    limit: int | None = None
+    on_error: OnError = OnError.fail
+    seed: int = 0  # task-set generation (miniweb): fixed so the task set does not move with `seed`
+
+
+@dataclass
+class EvalConfig:
+    samples: int = 4  # trials per task (Avg@4 / Max@4 / Pass@4)
+    limit: int | None = None  # first N tasks of the split
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+@dataclass
+class TrainerConfig:
+    name: str = MISSING  # grpo | debug
+    num_generations: int = 8  # G rollouts per task
+    tasks_per_step: int = 128
+    max_steps: int = 156
+    learning_rate: float = 1e-6
+    lr_scheduler: str = "constant"
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    max_grad_norm: float = 1.0
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.28
+    dual_clip: float = 10.0
+    beta: float = 0.0  # KL coefficient (0: no KL, as the paper)
+    weighting: str = "paper"  # paper | token_mean | agent_only | token_only
+    turn_selection: bool = True
+    micro_batch_rows: int = 4
+    gradient_checkpointing: bool = False
+    eval_every: int = 20
+    save_every: int = 20
+    resume: bool = False
+
+
+@dataclass
+class ExpConfig:
+    name: str = "none"
+    train: bool = False  # sweeps: train before evaluating each point
+    values: list[Any] = field(default_factory=list)  # the points a sweep visits (for reports)
+
+
+@dataclass
+class Config:
+    task: Task = Task.build
+    subagents: int = 4  # the width W: most subagents per create_sub_agents call
+    seed: int = 0
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    model: ModelConfig = MISSING
+    engine: EngineConfig = MISSING
+    search: SearchConfig = MISSING
+    agent: AgentConfig = MISSING
+    reward: RewardConfig = MISSING
+    judge: JudgeConfig = MISSING
+    data: DataConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    exp: ExpConfig = field(default_factory=ExpConfig)
+
+
+def register() -> None:
+    OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+register()

@@ -1,0 +1,38 @@
+"""The engine interface: token ids in; token ids, per-token sampling logprobs and finish reason out.
+
+The rollout never re-tokenises history: it appends the returned ids to the prompt ids it sent.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 512
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()  # generation ends after the first completed stop string (kept in output)
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]
+    # log-probability of each sampled token under the sampling distribution (logits / temperature,
+    # before top-p truncation): the "old policy" logprob that GRPO's importance ratio divides by.
+    logprobs: list[float]
+    finish_reason: str  # "stop" (EOS or stop string) | "length" (max_new_tokens or context full)
+    text: str = ""
+    stop_reason: str | None = field(default=None)  # the stop string or "eos" that ended it
+
+
+class Engine(ABC):
+    @abstractmethod
+    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+        """One completion per prompt, in the order of `prompts`."""
+
+    def close(self) -> None:  # engines holding servers or GPU memory release them here
+        return None

@@ -1,0 +1,133 @@
+"""Dispatch on cfg.task. Every task runs inside one MLflow run (wideseek_exp.tracking)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from wideseek_exp import WideseekError
+from wideseek_exp.conf import Task
+from wideseek_exp.tracking import JobRun, job_run, tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks the schema cannot express. Raises WideseekError naming the key."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise WideseekError(f"config key '{missing[0]}' is required but has no value (set {missing[0]}=...)")
+    OmegaConf.to_container(cfg, resolve=True)  # a broken interpolation fails here, naming its key
+
+    def at_least(key: str, minimum: float) -> None:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < minimum:
+            raise WideseekError(f"config key '{key}' must be at least {minimum} (got {value})")
+
+    for key in ("subagents", "eval.samples", "engine.max_batch_size", "search.top_k", "trainer.num_generations",
+                "agent.lead_max_turns", "agent.subagent_max_turns", "agent.single_max_turns",
+                "agent.max_queries_per_call", "agent.max_urls_per_call", "agent.max_reply_tokens"):
+        at_least(key, 1)
+    for key in ("eval.temperature", "agent.temperature", "trainer.learning_rate", "seed"):
+        at_least(key, 0)
+    for key in ("eval.top_p", "agent.top_p"):
+        value = OmegaConf.select(cfg, key)
+        if not 0 < value <= 1:
+            raise WideseekError(f"config key '{key}' must be in (0, 1] (got {value})")
+    if cfg.model.source == "tiny" and cfg.model.tiny is None:
+        raise WideseekError("config key 'model.tiny' is required when model.source=tiny")
+
+
+def output_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+
+
+def run(cfg: DictConfig):
+    validate(cfg)
+    task = Task(cfg.task)
+    handler = TASKS.get(task)
+    if handler is None:
+        available = ", ".join(t.value for t in TASKS)
+        raise WideseekError(f"task={task.value} is not available in this version (available: {available})")
+    out = output_dir()
+    with job_run(cfg, out) as tracker:
+        return handler(cfg, tracker, out)
+
+
+# --------------------------------------------------------------------------------------------- build
+
+
+def build_world(cfg: DictConfig, force: bool | None = None) -> list:
+    """Corpus, search index, mini-web task sets and (model=tiny) the tiny model; each skipped when its
+    inputs are unchanged. Returns the BuildResults in build order."""
+    from wideseek_exp.search.bm25 import build_index
+    from wideseek_exp.search.miniweb import build_corpus, load_pages, read_manifest
+    from wideseek_exp.tasks.miniweb import build_tasks
+
+    force = cfg.build.force if force is None else force
+    paths = cfg.paths
+    results = [build_corpus(Path(paths.corpus), force=force)]
+    print(results[-1].summary(), flush=True)
+    results.append(build_index(Path(paths.corpus), Path(paths.index), force=force))
+    print(results[-1].summary(), flush=True)
+    results.append(build_tasks(Path(paths.miniweb_tasks), seed=cfg.data.seed if cfg.data.name == "miniweb" else 0,
+                               force=force))
+    print(results[-1].summary(), flush=True)
+
+    if cfg.model.source == "tiny":
+        from wideseek_exp.models.tiny import build_tiny_model
+
+        manifest = read_manifest(Path(paths.corpus))
+        arch = OmegaConf.to_container(cfg.model.tiny, resolve=True)
+        init_seed = arch.pop("init_seed")
+
+        def tokenizer_texts():
+            for page in load_pages(Path(paths.corpus)):
+                yield page.text
+
+        results.append(
+            build_tiny_model(Path(cfg.model.path), arch, tokenizer_texts, seed=init_seed, force=force,
+                             inputs_fingerprint=manifest["content_hash"])
+        )
+        print(results[-1].summary(), flush=True)
+    return results
+
+
+def task_build(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
+    start = time.perf_counter()
+    print(f"building the mini-web world into {cfg.paths.generated}", flush=True)
+    results = build_world(cfg)
+    total = time.perf_counter() - start
+
+    metrics: dict[str, float] = {"build.seconds": total, "build.artifacts_built": sum(r.built for r in results)}
+    report = {}
+    for result in results:
+        prefix = f"build.{result.name.replace(' ', '_')}"
+        metrics[f"{prefix}.seconds"] = result.seconds
+        metrics[f"{prefix}.built"] = float(result.built)
+        metrics[f"{prefix}.bytes"] = result.size_bytes
+        for key, value in result.counts.items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                metrics[f"{prefix}.{key}"] = value
+        report[result.name] = {"path": str(result.path), "built": result.built, "seconds": round(result.seconds, 3),
+                               "bytes": result.size_bytes, "fingerprint": result.fingerprint, "counts": result.counts}
+    tracker.log_metrics(metrics)
+    tracker.log_dict(report, "build_report.json")
+    built = [r.name for r in results if r.built]
+    print(f"done in {total:.1f} s: " + (f"built {', '.join(built)}" if built else "everything was up to date"))
+    if tracker.active:
+        print(f"MLflow run {tracker.run_id} in experiment '{cfg.tracking.experiment}' "
+              f"(open with: mlflow ui --backend-store-uri {tracking_uri(cfg)})")
+    return report
+
+
+TASKS: dict[Task, Callable[[DictConfig, JobRun, Path | None], object]] = {
+    Task.build: task_build,
+}
