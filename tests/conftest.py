@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 def run_cli(*args: str, cwd: Path = REPO, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     """python run.py ARGS in a subprocess, as a user would type it."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    full_env.pop("MLFLOW_TRACKING_URI", None) if env is None or "MLFLOW_TRACKING_URI" not in env else None
+    full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
+    if not any(a.startswith(("hydra.run.dir=", "paths.outputs=")) for a in args):
+        # Hydra makes a run folder even for a job that fails at once: keep it out of the repository.
+        flags = tuple(a for a in args if a.startswith("-"))  # Hydra wants its flags after the overrides
+        overrides = tuple(a for a in args if not a.startswith("-"))
+        args = (*overrides, f"paths.outputs={tempfile.mkdtemp(prefix='wideseek-test-')}", *flags)
     return subprocess.run(
         [sys.executable, str(REPO / "run.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
         env=full_env,

@@ -20,6 +20,10 @@ from wideseek_exp import REPO_ROOT
 
 
 class Task(str, Enum):
+    # str() gives the bare value, so `${task}` interpolates as "build", not "Task.build"
+    def __str__(self) -> str:
+        return self.value
+
     build = "build"  # corpus, index, task sets, tiny model
     eval = "eval"  # rollouts + WideSearch scoring
     score = "score"  # score existing responses

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -44,13 +45,13 @@ def tracking_uri(cfg: DictConfig) -> str:
 
 
 def artifact_root(cfg: DictConfig) -> str | None:
-    """Where a new experiment keeps artifacts when the store is a local database.
+    """Where a new experiment keeps artifacts when the store is a local database: beside it.
 
     Without this MLflow puts them under ./mlruns of whatever folder the job was started from.
     """
     uri = tracking_uri(cfg)
-    if uri.startswith("sqlite:"):
-        return (Path(cfg.paths.root) / "mlartifacts").resolve().as_uri()
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
     return None
 
 
@@ -263,6 +264,14 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not config.tracking.enabled:
             return
+        # Hydra turns a callback's exception into a warning and runs the sweep anyway (each job then
+        # checks the store itself before any work), so say it once, plainly.
+        try:
+            self._start(config)
+        except Exception as error:
+            print(f"warning: no MLflow parent run for this sweep: {error}", file=sys.stderr)
+
+    def _start(self, config: DictConfig) -> None:
         uri = tracking_uri(config)
         check_reachable(uri, config.tracking.check_timeout_s)
         _quiet_mlflow_logs()
@@ -282,7 +291,8 @@ class SweepCallback(Callback):
         }
         run = client.create_run(experiment_id, run_name=f"{name} {time.strftime('%Y-%m-%d %H:%M:%S')}", tags=tags)
         self.run_id, self.uri = run.info.run_id, uri
-        sweep_params = OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=True)
+        params_node = config.hydra.sweeper.get("params")
+        sweep_params = OmegaConf.to_container(params_node, resolve=True) if params_node is not None else {}
         for key, value in {"sweep.overrides": " ".join(overrides), **{f"sweep.{k}": v for k, v in sweep_params.items()}}.items():
             client.log_param(self.run_id, key, str(value)[:PARAM_VALUE_LIMIT])
         sweep_dir.mkdir(parents=True, exist_ok=True)

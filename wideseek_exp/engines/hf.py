@@ -30,16 +30,35 @@ def sample_next_tokens(
         logprobs = torch.log_softmax(logits / temperature, dim=-1)
         probs = logprobs.exp()
         if top_p < 1.0:
-            sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True)
-            # Keep the smallest head whose mass reaches top_p: drop a token when the mass before it already does.
-            mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-            drop = mass_before >= top_p
-            drop[:, 0] = False
-            choice = torch.multinomial(sorted_probs.masked_fill(drop, 0.0), 1, generator=generator)
-            tokens = sorted_ids.gather(-1, choice).squeeze(-1)
+            head, head_ids = nucleus(probs, top_p)
+            tokens = head_ids.gather(-1, draw(head, generator)[:, None]).squeeze(-1)
         else:
-            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            tokens = draw(probs, generator)
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def nucleus(probs: torch.Tensor, top_p: float, first_try: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-p head of each row, in descending order: (probs with the tail zeroed, their token ids).
+
+    The head is the shortest prefix whose mass reaches top_p. A trained model's head is usually small,
+    so the top `first_try` tokens are tried before sorting the whole vocabulary (the slow part on CPU).
+    """
+    head, head_ids = probs.topk(min(first_try, probs.shape[-1]), dim=-1)
+    if head.shape[-1] < probs.shape[-1] and bool((head.sum(-1) < top_p).any()):
+        head, head_ids = probs.sort(dim=-1, descending=True)
+    mass_before = head.cumsum(-1) - head
+    tail = mass_before >= top_p
+    tail[:, 0] = False
+    return head.masked_fill(tail, 0.0), head_ids
+
+
+def draw(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One index per row, with probability proportional to `weights`, by inverting the cumulative sum
+    (several times faster than torch.multinomial on CPU; float64 so the sum stays exact enough)."""
+    cumulative = weights.double().cumsum(-1)
+    uniform = torch.rand((weights.shape[0], 1), generator=generator, device=weights.device, dtype=torch.float64)
+    picks = torch.searchsorted(cumulative, uniform * cumulative[:, -1:], right=True)
+    return picks.clamp_(max=weights.shape[-1] - 1).squeeze(-1)
 
 
 class _Row:
@@ -55,6 +74,8 @@ class _Row:
 
 class HFEngine(Engine):
     def __init__(self, model, tokenizer, max_batch_size: int = 16):
+        if max_batch_size < 1:
+            raise WideseekError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
@@ -130,12 +151,14 @@ class HFEngine(Engine):
         cache = DynamicCache(config=self.model.config)
         logits = self._forward(input_ids, attention_mask, position_ids, cache, logits_to_keep=1)
         live = list(rows)  # the rows still in the batch, in batch order
-        stop_window = 4 * max((len(s) for s in sampling.stop), default=0) + 1  # tokens: a char is <= 4 bytes
+        stops = tuple(s for s in sampling.stop if s)
+        # Tokens enough to hold any stop string: each token is at least one byte, a character at most four.
+        stop_window = 4 * max((len(s) for s in stops), default=0) + 1
         while True:
             tokens, logprobs = sample_next_tokens(logits, sampling.temperature, sampling.top_p, generator)
             kept = [
                 b for b, (row, token, logprob) in enumerate(zip(live, tokens.tolist(), logprobs.tolist()))
-                if not self._append(row, token, logprob, sampling.stop, stop_window)
+                if not self._append(row, token, logprob, stops, stop_window)
             ]
             if not kept:
                 return

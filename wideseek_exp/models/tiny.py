@@ -13,15 +13,19 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import torch
-from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+from typing import TYPE_CHECKING
 
 from wideseek_exp.buildinfo import BuildResult, build_folder, fingerprint
-from wideseek_exp.models.tokenizer import EOS_TOKEN, PAD_TOKEN, format_texts, load_chat_template, train_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import Qwen3Config
+
+# torch and transformers are imported inside the build: an up-to-date check must stay cheap.
+CHAT_TEMPLATE_PATH = Path(__file__).with_name("chat_template.jinja")
 
 # Bump when the build itself changes (tokenizer recipe, format text, config defaults) so that
 # existing tiny models are rebuilt.
-TINY_VERSION = 1
+TINY_VERSION = 2
 
 ARCH_KEYS = (
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -30,6 +34,8 @@ ARCH_KEYS = (
 
 
 def tiny_config(arch: dict, vocab_size: int, pad_id: int, eos_id: int) -> Qwen3Config:
+    from transformers import Qwen3Config
+
     missing = [k for k in ARCH_KEYS if k not in arch]
     if missing:
         raise ValueError(f"tiny model arch is missing {missing}")
@@ -66,10 +72,15 @@ def build_tiny_model(
     `inputs_fingerprint` identifies the texts (the caller passes the corpus content hash).
     """
     arch = {k: arch[k] for k in ARCH_KEYS if k in arch}
-    template_hash = hashlib.sha256(load_chat_template().encode()).hexdigest()[:16]
+    template_hash = hashlib.sha256(CHAT_TEMPLATE_PATH.read_bytes()).hexdigest()[:16]
     stamp = fingerprint("tiny", arch, seed, TINY_VERSION, template_hash, inputs_fingerprint)
 
     def build(folder: Path) -> dict:
+        import torch
+        from transformers import GenerationConfig, Qwen3ForCausalLM
+
+        from wideseek_exp.models.tokenizer import EOS_TOKEN, PAD_TOKEN, format_texts, train_tokenizer
+
         corpus = texts() if callable(texts) else texts
         started = time.perf_counter()
         tokenizer = train_tokenizer(

@@ -103,15 +103,18 @@ def _tool_schemas() -> list[dict]:
         parameters = {"type": "object", "properties": properties, "required": required}
         return {"type": "function", "function": {"name": name, "description": description, "parameters": parameters}}
 
-    text = {"type": "string"}
+    def array_of(properties: dict, required: list[str]) -> dict:
+        return {"type": "array", "items": {"type": "object", "properties": properties, "required": required}}
+
+    # The reference tool names and argument shapes (agents/ renders the real descriptions).
+    text, count = {"type": "string"}, {"type": "integer"}
     return [
-        function("search", "Search the web and return the top results.",
-                 {"query": {**text, "description": "The search query."},
-                  "top_k": {"type": "integer", "description": "How many results to return."}}, ["query"]),
-        function("access", "Open a web page and return its text.",
-                 {"url": {**text, "description": "The URL of the page."}}, ["url"]),
-        function("call_subagents", "Hand sub-tasks to subagents that run in parallel.",
-                 {"tasks": {"type": "array", "items": text, "description": "One prompt per subagent."}}, ["tasks"]),
+        function("search", "Search the web; each query returns its top results.",
+                 {"queries": array_of({"query": text, "count": count}, ["query"])}, ["queries"]),
+        function("access", "Read web pages and extract the requested information.",
+                 {"urls": array_of({"url": text, "info_to_extract": text}, ["url", "info_to_extract"])}, ["urls"]),
+        function("create_sub_agents", "Start subagents that work on subtasks in parallel.",
+                 {"sub_agents": array_of({"prompt": text}, ["prompt"])}, ["sub_agents"]),
     ]
 
 
@@ -148,14 +151,20 @@ def _conversation(rng: random.Random) -> list[dict]:
     hits = [{"title": f"{rng.choice(_NAMES)} {rng.choice(_WORDS)}", "url": url,
              "snippet": f"{name} has a {rng.choice(_WORDS)} of {_number(rng)} as of {_date(rng)}."}
             for _ in range(rng.randrange(1, 4))]
-    calls = [{"type": "function", "function": {"name": "search",
-                                               "arguments": {"query": f"{name} {topic}", "top_k": rng.randrange(1, 6)}}},
-             {"type": "function", "function": {"name": "access", "arguments": {"url": url}}}]
+    queries = [{"query": f"{name} {topic}", "count": rng.randrange(1, 6)},
+               {"query": f"{rng.choice(_NAMES)} {rng.choice(_WORDS)} {_date(rng)}"}]
+    calls = [
+        {"type": "function", "function": {"name": "search", "arguments": {"queries": queries}}},
+        {"type": "function", "function": {"name": "access", "arguments": {
+            "urls": [{"url": url, "info_to_extract": f"the {rng.choice(_WORDS)} of {name}"}]}}},
+        {"type": "function", "function": {"name": "create_sub_agents", "arguments": {
+            "sub_agents": [{"prompt": f"Find the {topic} of {n}."} for n in rng.sample(_NAMES, rng.randrange(1, 4))]}}},
+    ]
     return [
         {"role": "system", "content": "You are a research agent. Use the tools and answer with a markdown table."},
         {"role": "user", "content": f"List the {topic} of {', '.join(rng.sample(_NAMES, 3))}."},
         {"role": "assistant", "reasoning_content": f"I should search for the {topic} of {name}.",
-         "content": "", "tool_calls": calls[: rng.randrange(1, 3)]},
+         "content": "", "tool_calls": calls[rng.randrange(3):][:1]},
         {"role": "tool", "content": json.dumps(hits, ensure_ascii=False)},
         {"role": "tool", "content": f"# {name}\n\n{name} was founded on {_date(rng)}. Its {rng.choice(_WORDS)} is {_number(rng)}."},
         {"role": "assistant", "reasoning_content": f"The page gives the {rng.choice(_WORDS)}.",

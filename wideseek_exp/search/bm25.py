@@ -12,6 +12,7 @@ are a ~240-character window of the page text around the densest cluster of query
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from numbers import Integral
@@ -46,6 +47,8 @@ META_FILE = "index_meta.json"
 BUILD_HINT = "run `python run.py task=build`"
 
 _WORD = re.compile(TOKENIZER["token_pattern"])
+# bm25s logs every index build at DEBUG level on its own logger.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 _URL_JUNK = " \t\r\n\"'`<>"
 _WORD_SLACK = 20  # how far a snippet edge may move to avoid cutting a word in half
 

@@ -125,6 +125,7 @@ class Currency:
 @dataclass(frozen=True)
 class Language:
     name: str
+    code: str  # the code the country records use for it (Country.languages)
     iso639_1: str | None
     iso639_2: str  # bibliographic code where it differs from the terminology code
     iso639_3: str
@@ -435,6 +436,7 @@ def _languages(countries: tuple[Country, ...]) -> tuple[Language, ...]:
         languages.append(
             Language(
                 name=name,
+                code=code,
                 iso639_1=iso1,
                 iso639_2=iso2,
                 iso639_3=iso3,

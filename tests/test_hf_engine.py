@@ -1,0 +1,149 @@
+"""HFEngine against transformers itself: greedy decoding, logprobs, seeding, stops, limits, ordering."""
+
+import random
+
+import pytest
+import torch
+
+from wideseek_exp import WideseekError
+from wideseek_exp.engines.base import SamplingParams
+from wideseek_exp.engines.hf import HFEngine
+from wideseek_exp.models.loader import load_model_and_tokenizer
+from wideseek_exp.models.tiny import build_tiny_model
+
+ARCH = {
+    "vocab_size": 600, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+    "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 256,
+    "rope_theta": 1e6, "tie_word_embeddings": True,
+}
+TEXTS = [
+    "the cat sat on the mat", "hello world this is a longer prompt with 1 2 3 numbers",
+    "x", "a table | name | population |", "Oslo had 709,037 people in 2023 and a long winter",
+]
+GREEDY = SamplingParams(max_new_tokens=24, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("engine") / "tiny"
+    rng = random.Random(0)
+    build_tiny_model(folder, ARCH, [" ".join(rng.choices(TEXTS, k=3)) for _ in range(200)])
+    model, tokenizer = load_model_and_tokenizer(str(folder), device="cpu")
+    # At the default init scale a random model just repeats the last token, which would hide padding
+    # and position bugs; large weights make every output depend on the whole prompt.
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def prompts(model_and_tokenizer):
+    return [model_and_tokenizer[1].encode(text) for text in TEXTS]
+
+
+def hf_greedy(model, prompt: list[int], max_new_tokens: int) -> list[int]:
+    ids = torch.tensor([prompt])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False)
+    return out[0, len(prompt):].tolist()
+
+
+def test_greedy_matches_transformers_generate_with_left_padding(model_and_tokenizer, prompts):
+    model, tokenizer = model_and_tokenizer
+    assert len({len(p) for p in prompts}) > 2  # rows really are padded
+    completions = HFEngine(model, tokenizer, max_batch_size=8).generate(prompts, GREEDY)
+    for prompt, completion in zip(prompts, completions):
+        reference = hf_greedy(model, prompt, GREEDY.max_new_tokens)
+        assert completion.token_ids == reference[: len(completion.token_ids)]
+        assert completion.text == tokenizer.decode(completion.token_ids, skip_special_tokens=False)
+        if completion.finish_reason == "length":
+            assert len(completion.token_ids) == GREEDY.max_new_tokens
+    assert len({tuple(c.token_ids) for c in completions}) == len(prompts)
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, SamplingParams(max_new_tokens=16, temperature=0.7, top_p=0.8, seed=1)])
+def test_logprobs_match_a_teacher_forced_pass(model_and_tokenizer, prompts, sampling):
+    model, tokenizer = model_and_tokenizer
+    completions = HFEngine(model, tokenizer, max_batch_size=4).generate(prompts, sampling)
+    scale = sampling.temperature if sampling.temperature > 0 else 1.0
+    for prompt, completion in zip(prompts, completions):
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + completion.token_ids])).logits[0].float()
+        logprobs = torch.log_softmax(logits / scale, dim=-1)
+        expected = [logprobs[len(prompt) - 1 + i, token].item() for i, token in enumerate(completion.token_ids)]
+        assert completion.logprobs == pytest.approx(expected, abs=1e-4)
+
+
+def test_seed_reproduces_and_a_new_seed_changes(model_and_tokenizer, prompts):
+    engine = HFEngine(*model_and_tokenizer, max_batch_size=3)
+
+    def sample(seed):
+        params = SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.95, seed=seed)
+        return [c.token_ids for c in engine.generate(prompts, params)]
+
+    assert sample(7) == sample(7)
+    assert sample(7) != sample(8)
+
+
+def test_stop_string_ends_the_row_right_after_it(model_and_tokenizer, prompts):
+    model, tokenizer = model_and_tokenizer
+    engine = HFEngine(model, tokenizer)
+    greedy = engine.generate(prompts[:1], GREEDY)[0].token_ids
+    # Two generated tokens from the middle, avoiding byte fragments that only decode in context.
+    stop = next(text for i in range(4, 20) if "\ufffd" not in (text := tokenizer.decode(greedy[i : i + 2])))
+    # The row must end at the first token whose text completes the stop string.
+    end = next(n for n in range(1, len(greedy) + 1) if stop in tokenizer.decode(greedy[:n]))
+    completion = engine.generate(prompts[:1], SamplingParams(max_new_tokens=24, temperature=0.0, stop=("@@never", stop)))[0]
+    assert completion.token_ids == greedy[:end]
+    assert (completion.finish_reason, completion.stop_reason) == ("stop", stop)
+
+
+def test_eos_ends_the_row_and_is_kept(model_and_tokenizer, prompts):
+    model, tokenizer = model_and_tokenizer
+    engine = HFEngine(model, tokenizer)
+    greedy = engine.generate(prompts, GREEDY)
+    # Pretend the 2nd token the longest prompt generates is an end-of-sequence token: its row leaves the
+    # batch early, and the shorter rows go on over a cache whose shared left padding gets cut.
+    longest = max(range(len(prompts)), key=lambda i: len(prompts[i]))
+    eos = greedy[longest].token_ids[1]
+    engine.eos_token_ids = engine.eos_token_ids | {eos}
+    completions = engine.generate(prompts, GREEDY)
+    for before, after in zip(greedy, completions):
+        if eos in before.token_ids:
+            end = before.token_ids.index(eos) + 1
+            assert after.token_ids == before.token_ids[:end]
+            assert (after.finish_reason, after.stop_reason) == ("stop", "eos")
+        else:
+            assert after.token_ids == before.token_ids
+    assert completions[longest].token_ids[-1] == eos
+
+
+def test_length_limits(model_and_tokenizer, prompts):
+    model, tokenizer = model_and_tokenizer
+    engine = HFEngine(model, tokenizer)
+    engine.eos_token_ids = frozenset()  # so that only the limits end rows
+    for completion in engine.generate(prompts, SamplingParams(max_new_tokens=5, temperature=1.0, seed=0)):
+        assert len(completion.token_ids) == len(completion.logprobs) == 5
+        assert (completion.finish_reason, completion.stop_reason) == ("length", None)
+    # A prompt three tokens short of the context gets three tokens.
+    near_full = (prompts[1] * ARCH["max_position_embeddings"])[: ARCH["max_position_embeddings"] - 3]
+    completion = engine.generate([near_full], GREEDY)[0]
+    assert len(completion.token_ids) == 3 and completion.finish_reason == "length"
+
+
+def test_bad_prompts_are_named(model_and_tokenizer, prompts):
+    engine = HFEngine(*model_and_tokenizer)
+    with pytest.raises(WideseekError, match="prompt 1 is empty"):
+        engine.generate([prompts[0], []], GREEDY)
+    with pytest.raises(WideseekError, match="prompt 0 has 300 tokens"):
+        engine.generate([[5] * 300], GREEDY)
+
+
+def test_outputs_come_back_in_input_order(model_and_tokenizer, prompts):
+    engine = HFEngine(*model_and_tokenizer, max_batch_size=2)
+    longest_first = sorted(prompts, key=len, reverse=True)
+    batched = engine.generate(longest_first, GREEDY)
+    alone = [engine.generate([p], GREEDY)[0] for p in longest_first]
+    assert [c.token_ids for c in batched] == [c.token_ids for c in alone]

@@ -1,0 +1,33 @@
+"""Build the configured engine (engine=hf today; vllm and openai plug in here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from wideseek_exp import WideseekError
+from wideseek_exp.engines.base import Engine
+
+
+def model_location(cfg: DictConfig) -> str:
+    """The folder or hub id the model loads from; a tiny model must have been built first."""
+    if cfg.model.source == "tiny":
+        folder = Path(cfg.model.path)
+        if not (folder / "config.json").is_file():
+            raise WideseekError(f"the tiny model is not built at {folder}; run `python run.py task=build`")
+        return str(folder)
+    return str(cfg.model.path)
+
+
+def make_engine(cfg: DictConfig) -> Engine:
+    if cfg.engine.name == "hf":
+        from wideseek_exp.engines.hf import HFEngine
+        from wideseek_exp.models.loader import load_model_and_tokenizer
+
+        model, tokenizer = load_model_and_tokenizer(
+            model_location(cfg), revision=cfg.model.revision, dtype=cfg.model.dtype, device=cfg.engine.device,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
+        return HFEngine(model, tokenizer, max_batch_size=cfg.engine.max_batch_size)
+    raise WideseekError(f"engine={cfg.engine.name} is not available in this version (available: hf)")

@@ -1,0 +1,113 @@
+"""One broad task in the WideSearch layout, and the markdown tables its gold answer is kept in.
+
+Saved layout (one JSON object per line):
+  instance_id, query, language,
+  evaluation   a JSON *string* {"unique_columns", "required", "eval_pipeline"} as the official
+               WideSearch data keeps it (a string keeps the column-keyed dict from clashing with
+               other rows' schemas when `datasets` infers one),
+  answer       the gold table as markdown, display headers,
+  family, entity_set, split.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+META_FIELDS = ("family", "entity_set", "split")
+
+
+def normalize_column(name: str) -> str:
+    """The WideSearch column key: stripped, lower-cased, ASCII spaces removed."""
+    return name.strip().lower().replace(" ", "")
+
+
+def escape_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown_table(columns: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(escape_cell(c) for c in columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    lines += ["| " + " | ".join(escape_cell(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+_SEPARATOR_CELL = re.compile(r"^:?-{3,}:?$")
+
+
+def _split_row(line: str) -> list[str]:
+    """Cells of one markdown table line; `\\|` is a literal pipe, not a border."""
+    body = line.strip()
+    if body.startswith("|"):
+        body = body[1:]
+    if body.endswith("|") and not body.endswith("\\|"):
+        body = body[:-1]
+    cells = re.split(r"(?<!\\)\|", body)
+    return [cell.strip().replace("\\|", "|") for cell in cells]
+
+
+def parse_markdown_table(text: str) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of the first markdown table in `text`."""
+    lines = [line for line in text.splitlines() if line.strip().startswith("|")]
+    if len(lines) < 2:
+        raise ValueError("no markdown table found")
+    header = _split_row(lines[0])
+    if not all(_SEPARATOR_CELL.match(cell) for cell in _split_row(lines[1])):
+        raise ValueError("markdown table has no separator line under its header")
+    rows = [_split_row(line) for line in lines[2:]]
+    for number, row in enumerate(rows, start=1):
+        if len(row) != len(header):
+            raise ValueError(f"row {number} has {len(row)} cells, the header has {len(header)}")
+    return header, rows
+
+
+@dataclass
+class TaskRecord:
+    instance_id: str
+    query: str
+    language: str
+    unique_columns: list[str]  # normalised
+    required: list[str]  # normalised
+    eval_pipeline: dict[str, dict]  # normalised column -> {"preprocess", "metric", optional "criterion"}
+    gold_columns: list[str]  # display names, in table order
+    gold_rows: list[list[str]]
+    meta: dict[str, str] = field(default_factory=dict)  # family, entity_set, split
+
+    @property
+    def evaluation(self) -> dict:
+        return {"unique_columns": self.unique_columns, "required": self.required, "eval_pipeline": self.eval_pipeline}
+
+    @property
+    def answer_markdown(self) -> str:
+        return to_markdown_table(self.gold_columns, self.gold_rows)
+
+    def to_json(self) -> dict:
+        record = {
+            "instance_id": self.instance_id,
+            "query": self.query,
+            "language": self.language,
+            "evaluation": json.dumps(self.evaluation, ensure_ascii=False),
+            "answer": self.answer_markdown,
+        }
+        record.update({key: self.meta.get(key, "") for key in META_FIELDS})
+        return record
+
+    @classmethod
+    def from_json(cls, record: dict) -> TaskRecord:
+        """Inverse of to_json; raises ValueError or KeyError on a malformed record."""
+        evaluation = record["evaluation"]
+        if isinstance(evaluation, str):
+            evaluation = json.loads(evaluation)
+        columns, rows = parse_markdown_table(record["answer"])
+        return cls(
+            instance_id=str(record["instance_id"]),
+            query=str(record["query"]),
+            language=str(record.get("language", "en")),
+            unique_columns=list(evaluation["unique_columns"]),
+            required=list(evaluation["required"]),
+            eval_pipeline=dict(evaluation["eval_pipeline"]),
+            gold_columns=columns,
+            gold_rows=rows,
+            meta={key: str(record[key]) for key in META_FIELDS if key in record},
+        )
