@@ -10,7 +10,7 @@ vllm and openai fields side by side); the option's YAML sets the ones it uses.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -19,11 +19,8 @@ from omegaconf import II, MISSING, OmegaConf
 from wideseek_exp import REPO_ROOT
 
 
-class Task(str, Enum):
-    # str() gives the bare value, so `${task}` interpolates as "build", not "Task.build"
-    def __str__(self) -> str:
-        return self.value
-
+# StrEnum: str() gives the bare value, so `${task}` interpolates as "build", not "Task.build".
+class Task(StrEnum):
     build = "build"  # corpus, index, task sets, tiny model
     eval = "eval"  # rollouts + WideSearch scoring
     score = "score"  # score existing responses
@@ -33,13 +30,13 @@ class Task(str, Enum):
     serve_search = "serve_search"  # a search backend over HTTP
 
 
-class ModelSource(str, Enum):
+class ModelSource(StrEnum):
     tiny = "tiny"  # built locally by task=build (random weights, our tokenizer)
     hub = "hub"  # a Hugging Face hub id (needs the hub or a warm cache; never used by tests)
     local = "local"  # a model folder on disk
 
 
-class OnError(str, Enum):
+class OnError(StrEnum):
     skip = "skip"
     fail = "fail"
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from wideseek_exp import WideseekError
 
@@ -52,6 +53,7 @@ def load_model_and_tokenizer(
         source = str(folder)
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
+    hf_logging.disable_progress_bar()  # a per-load weight bar clutters the job log
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(

@@ -12,7 +12,6 @@ import itertools
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from wideseek_exp.buildinfo import BuildResult, build_folder, fingerprint
