@@ -73,6 +73,10 @@ class TaskRecord:
     gold_columns: list[str]  # display names, in table order
     gold_rows: list[list[str]]
     meta: dict[str, str] = field(default_factory=dict)  # family, entity_set, split
+    # QA tasks (WideSeek-R1 deep-QA records, is_markdown false) have no gold table: the columns,
+    # rows and evaluation above stay empty and the reference answer string is kept as given.
+    is_table: bool = True
+    answer_text: str = ""
 
     @property
     def evaluation(self) -> dict:

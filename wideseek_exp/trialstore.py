@@ -1,0 +1,88 @@
+"""Trials on disk, written as they finish, so a crash loses only the trials in flight and a rerun on
+the same folder resumes.
+
+    <folder>/eval_settings.json   what produced the trials (a rerun with other settings is refused)
+    <folder>/trials.jsonl         one line per finished trial: response, summary, timings
+    <folder>/trajectories.jsonl   the whole trajectory of each trial (token ids, masks, tool calls)
+
+Each line is written and flushed whole. A line cut short by a crash is dropped on the next open.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from wideseek_exp import WideseekError
+
+SETTINGS_FILE = "eval_settings.json"
+TRIALS_FILE = "trials.jsonl"
+TRAJECTORIES_FILE = "trajectories.jsonl"
+
+
+def _read_complete_lines(path: Path) -> Iterator[dict]:
+    """The JSON records of a jsonl file; a torn last line (crash mid-write) is cut off the file."""
+    if not path.is_file():
+        return
+    good_bytes = 0
+    with path.open("rb") as handle:
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError:
+                break
+            good_bytes += len(raw)
+            yield record
+    if good_bytes < path.stat().st_size:
+        with path.open("r+b") as handle:
+            handle.truncate(good_bytes)
+
+
+class TrialStore:
+    def __init__(self, folder: Path, settings: dict):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._check_settings(settings)
+        self.trials: dict[tuple[str, int], dict] = {}
+        for record in _read_complete_lines(self.folder / TRIALS_FILE):
+            self.trials[(record["instance_id"], int(record["sample"]))] = record
+        # Trajectories of trials that never reached trials.jsonl are dropped from the count, not the file.
+        list(_read_complete_lines(self.folder / TRAJECTORIES_FILE))
+
+    def _check_settings(self, settings: dict) -> None:
+        path = self.folder / SETTINGS_FILE
+        if path.is_file():
+            earlier = json.loads(path.read_text())
+            changed = sorted(k for k in set(earlier) | set(settings) if earlier.get(k) != settings.get(k))
+            if changed:
+                key = changed[0]
+                raise WideseekError(
+                    f"{self.folder} holds trials made with other settings ({key}: {earlier.get(key)!r} there, "
+                    f"{settings.get(key)!r} now); use a new output folder"
+                )
+        else:
+            path.write_text(json.dumps(settings, indent=2, sort_keys=True))
+
+    def done(self, instance_id: str, sample: int) -> bool:
+        return (instance_id, sample) in self.trials
+
+    def add(self, trial: dict, trajectory: dict | None = None) -> None:
+        """Trajectory first: a trial line exists only when its trajectory is already on disk."""
+        if trajectory is not None:
+            self._append(TRAJECTORIES_FILE, trajectory)
+        self._append(TRIALS_FILE, trial)
+        self.trials[(trial["instance_id"], int(trial["sample"]))] = trial
+
+    def _append(self, name: str, record: dict) -> None:
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with (self.folder / name).open("a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def trajectories(self) -> Iterator[dict]:
+        return _read_complete_lines(self.folder / TRAJECTORIES_FILE)
