@@ -14,8 +14,6 @@ Containers, told apart by suffix or folder contents: .jsonl, .json (a list, or J
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 from collections.abc import Iterator
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from wideseek_exp import WideseekError
+from wideseek_exp.scoring.table import read_gold_csv
 from wideseek_exp.tasks.record import TaskRecord, normalize_column, parse_markdown_table
 
 log = logging.getLogger(__name__)
@@ -308,25 +307,12 @@ def _from_wideseek_r1(record: dict) -> TaskRecord:
 def _read_gold_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     """Header and rows of an official gold table, every cell kept as the string it is."""
     try:
-        text = path.read_text(encoding="utf-8-sig")  # the official files may start with a BOM
+        table = read_gold_csv(path)
     except FileNotFoundError:
         raise MalformedRecord(f"no gold table {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MalformedRecord(f"cannot read gold table {path}: {exc}") from None
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if not header:
-        raise MalformedRecord(f"gold table {path} is empty")
-    rows = []
-    for row in reader:
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            raise MalformedRecord(
-                f"gold table {path} line {reader.line_num} has {len(row)} cells, the header has {len(header)}"
-            )
-        rows.append(row)
-    return header, rows
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise MalformedRecord(f"gold table {path}: {exc}") from None
+    return table.columns, table.rows
 
 
 def _check_table(task: TaskRecord) -> None:

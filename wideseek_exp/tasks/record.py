@@ -12,15 +12,13 @@ Saved layout (one JSON object per line):
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 
+from wideseek_exp.scoring.table import normalize_column, read_gold_markdown  # tasks may import scoring, not the reverse
+
+__all__ = ["TaskRecord", "normalize_column", "parse_markdown_table", "to_markdown_table"]
+
 META_FIELDS = ("family", "entity_set", "split")
-
-
-def normalize_column(name: str) -> str:
-    """The WideSearch column key: stripped, lower-cased, ASCII spaces removed."""
-    return name.strip().lower().replace(" ", "")
 
 
 def escape_cell(text: str) -> str:
@@ -33,33 +31,12 @@ def to_markdown_table(columns: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-_SEPARATOR_CELL = re.compile(r"^:?-{3,}:?$")
-
-
-def _split_row(line: str) -> list[str]:
-    """Cells of one markdown table line; `\\|` is a literal pipe, not a border."""
-    body = line.strip()
-    if body.startswith("|"):
-        body = body[1:]
-    if body.endswith("|") and not body.endswith("\\|"):
-        body = body[:-1]
-    cells = re.split(r"(?<!\\)\|", body)
-    return [cell.strip().replace("\\|", "|") for cell in cells]
-
-
 def parse_markdown_table(text: str) -> tuple[list[str], list[list[str]]]:
-    """The header and rows of the first markdown table in `text`."""
-    lines = [line for line in text.splitlines() if line.strip().startswith("|")]
-    if len(lines) < 2:
-        raise ValueError("no markdown table found")
-    header = _split_row(lines[0])
-    if not all(_SEPARATOR_CELL.match(cell) for cell in _split_row(lines[1])):
-        raise ValueError("markdown table has no separator line under its header")
-    rows = [_split_row(line) for line in lines[2:]]
-    for number, row in enumerate(rows, start=1):
-        if len(row) != len(header):
-            raise ValueError(f"row {number} has {len(row)} cells, the header has {len(header)}")
-    return header, rows
+    """The header and rows of the first markdown table in `text`: the scorer's gold reader (one
+    table grammar for gold and responses: `\\|` is a literal pipe). ValueError when there is no
+    table, no separator line under the header, or a row not as wide as the header."""
+    table = read_gold_markdown(text)
+    return table.columns, table.rows
 
 
 @dataclass
