@@ -103,6 +103,7 @@ class ModelConfig:
     revision: str | None = None
     dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
     max_context_tokens: int = 32768  # per agent
+    max_reply_tokens: int = 8192  # per reply; agent.max_reply_tokens follows it
     trust_remote_code: bool = False
     tiny: TinyArchConfig | None = None  # only for source=tiny
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -156,10 +157,14 @@ class AgentConfig:
     subagent_max_turns: int = 20
     single_max_turns: int = 50
     max_context_tokens: int = II("model.max_context_tokens")
-    max_reply_tokens: int = 8192
+    max_reply_tokens: int = II("model.max_reply_tokens")
     max_queries_per_call: int = 5
     max_urls_per_call: int = 5
     summarizer: str = "extractive"  # none | extractive | llm
+    summary_max_chars: int = 4000  # extractive: the most page text one access result keeps
+    summary_max_tokens: int = 1024  # llm: the summariser's reply budget
+    repeat_call_limit: int = 3  # the same tool call this many times in a row ends the agent (0: never)
+    tool_wait_s: float = 1.0  # generation waits this long for running tool calls to join its batch
     thinking: bool = True
     temperature: float = 1.0
     top_p: float = 1.0
@@ -203,9 +208,15 @@ class DataConfig:
 @dataclass
 class EvalConfig:
     samples: int = 4  # trials per task (Avg@4 / Max@4 / Pass@4)
-    limit: int | None = None  # first N tasks of the split
-    temperature: float = 1.0
-    top_p: float = 1.0
+    limit: int | None = None  # first N tasks of the split (sampling settings live in agent.*)
+
+
+@dataclass
+class ScoreConfig:
+    # task=score: a finished eval folder (trials.jsonl) or a folder of the official WideSearch
+    # runner's per-trial files ({model}_{instance_id}_{trial}[_multi_agent]_response.jsonl)
+    responses: str | None = None
+    model_prefix: str | None = None  # official files: only those of this model config name
 
 
 @dataclass
@@ -249,6 +260,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
     model: ModelConfig = MISSING
     engine: EngineConfig = MISSING
     search: SearchConfig = MISSING

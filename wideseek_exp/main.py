@@ -33,9 +33,9 @@ def validate(cfg: DictConfig) -> None:
                 "agent.lead_max_turns", "agent.subagent_max_turns", "agent.single_max_turns",
                 "agent.max_queries_per_call", "agent.max_urls_per_call", "agent.max_reply_tokens"):
         at_least(key, 1)
-    for key in ("eval.temperature", "agent.temperature", "trainer.learning_rate", "seed"):
+    for key in ("agent.temperature", "trainer.learning_rate", "seed"):
         at_least(key, 0)
-    for key in ("eval.top_p", "agent.top_p"):
+    for key in ("agent.top_p",):
         value = OmegaConf.select(cfg, key)
         if not 0 < value <= 1:
             raise WideseekError(f"config key '{key}' must be in (0, 1] (got {value})")
@@ -64,22 +64,26 @@ def run(cfg: DictConfig):
 # --------------------------------------------------------------------------------------------- build
 
 
-def build_world(cfg: DictConfig, force: bool | None = None) -> list:
+def build_world(cfg: DictConfig, force: bool | None = None, quiet: bool = False) -> list:
     """Corpus, search index, mini-web task sets and (model=tiny) the tiny model; each skipped when its
-    inputs are unchanged. Returns the BuildResults in build order."""
+    inputs are unchanged. Returns the BuildResults in build order. `quiet` prints only what it builds."""
     from wideseek_exp.search.bm25 import build_index
     from wideseek_exp.search.miniweb import build_corpus, load_pages, read_manifest
     from wideseek_exp.tasks.miniweb import build_tasks
 
     force = cfg.build.force if force is None else force
     paths = cfg.paths
-    results = [build_corpus(Path(paths.corpus), force=force)]
-    print(results[-1].summary(), flush=True)
-    results.append(build_index(Path(paths.corpus), Path(paths.index), force=force))
-    print(results[-1].summary(), flush=True)
-    results.append(build_tasks(Path(paths.miniweb_tasks), seed=cfg.data.seed if cfg.data.name == "miniweb" else 0,
-                               force=force))
-    print(results[-1].summary(), flush=True)
+    results = []
+
+    def record(result) -> None:
+        results.append(result)
+        if result.built or not quiet:
+            print(result.summary(), flush=True)
+
+    record(build_corpus(Path(paths.corpus), force=force))
+    record(build_index(Path(paths.corpus), Path(paths.index), force=force))
+    record(build_tasks(Path(paths.miniweb_tasks), seed=cfg.data.seed if cfg.data.name == "miniweb" else 0,
+                       force=force))
 
     if cfg.model.source == "tiny":
         from wideseek_exp.models.tiny import build_tiny_model
@@ -92,11 +96,8 @@ def build_world(cfg: DictConfig, force: bool | None = None) -> list:
             for page in load_pages(Path(paths.corpus)):
                 yield page.text
 
-        results.append(
-            build_tiny_model(Path(cfg.model.path), arch, tokenizer_texts, seed=init_seed, force=force,
-                             inputs_fingerprint=manifest["content_hash"])
-        )
-        print(results[-1].summary(), flush=True)
+        record(build_tiny_model(Path(cfg.model.path), arch, tokenizer_texts, seed=init_seed, force=force,
+                                inputs_fingerprint=manifest["content_hash"]))
     return results
 
 
@@ -128,6 +129,20 @@ def task_build(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
     return report
 
 
+def task_eval(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
+    from wideseek_exp.evaluate import run_eval
+
+    return run_eval(cfg, tracker, out)
+
+
+def task_score(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
+    from wideseek_exp.evaluate import run_score
+
+    return run_score(cfg, tracker, out)
+
+
 TASKS: dict[Task, Callable[[DictConfig, JobRun, Path | None], object]] = {
     Task.build: task_build,
+    Task.eval: task_eval,
+    Task.score: task_score,
 }

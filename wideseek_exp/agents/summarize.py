@@ -1,0 +1,164 @@
+"""What an `access` call returns for one page, given the agent's `info_to_extract`.
+
+    none        the page text, cut to max_page_chars
+    extractive  offline: the page's lines that share the most terms with info_to_extract (fact lines
+                such as "Population: 709037" included), in page order, within a character budget
+    llm         a helper model extracts the information (the paper's setup); its generation requests
+                go through the rollout's batching scheduler like any agent's
+
+A page the backend does not have gives the fixed NO_INFORMATION text. Summarisers are coroutines so
+that the llm one can await generation; the other two return at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+
+from wideseek_exp import WideseekError
+from wideseek_exp.agents.parser import final_answer
+from wideseek_exp.engines.base import Completion
+from wideseek_exp.search.base import Page
+
+NO_INFORMATION = "No information could be extracted: the page is not available."
+
+# generate(prompt_ids, max_new_tokens) -> Completion, awaited through the rollout's scheduler.
+Generate = Callable[[list[int], int], Awaitable[Completion]]
+
+_TERM = re.compile(r"[a-z0-9]+|[\u3400-\u9fff]")
+_STOPWORDS = frozenset(
+    "a an and are as at be by for from has have in is it its of on or that the this to was were what which "
+    "who with all any each find get give list page information info extract their there these those".split()
+)
+_LONG_LINE = 400  # lines longer than this are split into sentences, so one paragraph cannot fill the budget
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
+
+
+def cut(text: str, max_chars: int) -> str:
+    if len(text) <= max_chars:
+        return text
+    return text[:max_chars].rstrip() + f"\n[... cut at {max_chars} characters]"
+
+
+class Summarizer:
+    """Turns (page, info_to_extract) into the text the agent reads."""
+
+    name = "none"
+
+    def __init__(self, max_page_chars: int):
+        self.max_page_chars = max_page_chars
+
+    async def summarize(self, page: Page | None, info_to_extract: str, generate: Generate | None = None) -> str:
+        if page is None:
+            return NO_INFORMATION
+        return self.read(page, info_to_extract)
+
+    def read(self, page: Page, info_to_extract: str) -> str:
+        return cut(page.text, self.max_page_chars)
+
+
+def terms(text: str) -> set[str]:
+    """Lower-cased content words (a plural 's' dropped) and single CJK characters."""
+    words = set()
+    for word in _TERM.findall(text.lower()):
+        if word in _STOPWORDS:
+            continue
+        if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+            word = word[:-1]
+        words.add(word)
+    return words
+
+
+def passages(text: str) -> list[str]:
+    """The page's non-empty lines; long lines split into sentences."""
+    pieces = []
+    for line in text.splitlines():
+        line = line.strip()
+        if len(line) > _LONG_LINE:
+            pieces.extend(s.strip() for s in _SENTENCE_END.split(line) if s.strip())
+        elif line:
+            pieces.append(line)
+    return pieces
+
+
+class ExtractiveSummarizer(Summarizer):
+    name = "extractive"
+
+    def __init__(self, max_page_chars: int, max_chars: int):
+        super().__init__(max_page_chars)
+        self.max_chars = max_chars
+
+    def read(self, page: Page, info_to_extract: str) -> str:
+        lines = passages(page.text[: self.max_page_chars])
+        if not lines:
+            return NO_INFORMATION
+        wanted = terms(info_to_extract)
+        overlap = [len(wanted & terms(line)) for line in lines]
+        if not any(overlap):
+            # Nothing matches the request: the start of the page is the best guess at what it is about.
+            return cut("\n".join(lines), self.max_chars)
+        # The first line (the title) always, then the best-matching lines while the budget lasts;
+        # ties go to the earlier line. Shown in page order so that fact lists still read as lists.
+        ranked = sorted((i for i in range(1, len(lines)) if overlap[i]), key=lambda i: (-overlap[i], i))
+        chosen, used = {0}, len(lines[0])
+        for i in ranked:
+            if used + len(lines[i]) + 1 > self.max_chars:
+                continue
+            chosen.add(i)
+            used += len(lines[i]) + 1
+        return cut("\n".join(lines[i] for i in sorted(chosen)), self.max_chars)
+
+
+class LLMSummarizer(Summarizer):
+    """Asks a model to extract `info_to_extract` from the page. `engine` is the engine to ask; None
+    means the rollout's subagent engine. Thinking is off: the answer is the summary."""
+
+    name = "llm"
+
+    def __init__(self, tokenizer, max_page_chars: int, max_new_tokens: int, max_context_tokens: int, engine=None):
+        super().__init__(max_page_chars)
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.max_context_tokens = max_context_tokens
+        self.engine = engine
+
+    def prompt_ids(self, page: Page, info_to_extract: str) -> list[int]:
+        messages = [
+            {"role": "system", "content": "You extract information from web pages accurately and concisely."},
+            {"role": "user", "content": (
+                f"Web page {page.url}\n\n{cut(page.text, self.max_page_chars)}\n\n"
+                f"Extract this information from the page: {info_to_extract}\n"
+                "Copy names, numbers and dates exactly as the page gives them. If the page does not contain "
+                f"the information, reply exactly: {NO_INFORMATION}"
+            )},
+        ]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                  enable_thinking=False)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    async def summarize(self, page: Page | None, info_to_extract: str, generate: Generate | None = None) -> str:
+        if page is None:
+            return NO_INFORMATION
+        if generate is None:
+            raise ValueError("the llm summariser needs the rollout's generate function")
+        prompt = self.prompt_ids(page, info_to_extract)
+        budget = min(self.max_new_tokens, self.max_context_tokens - len(prompt))
+        if budget < 1:  # the page is too long for the helper's context: fall back to the cut page
+            return super().read(page, info_to_extract)
+        completion = await generate(prompt, budget)
+        return final_answer(self.tokenizer.decode(completion.token_ids, skip_special_tokens=False)) or NO_INFORMATION
+
+
+def make_summarizer(agent_cfg, search_cfg, tokenizer=None, engine=None) -> Summarizer:
+    """The summariser named by agent_cfg.summarizer (none | extractive | llm)."""
+    name, max_page_chars = str(agent_cfg.summarizer), int(search_cfg.max_page_chars)
+    if name == "none":
+        return Summarizer(max_page_chars)
+    if name == "extractive":
+        return ExtractiveSummarizer(max_page_chars, int(agent_cfg.summary_max_chars))
+    if name == "llm":
+        if tokenizer is None:
+            raise WideseekError("summarizer=llm needs a tokenizer")
+        return LLMSummarizer(tokenizer, max_page_chars, int(agent_cfg.summary_max_tokens),
+                             int(agent_cfg.max_context_tokens), engine)
+    raise WideseekError(f"unknown agent.summarizer {name!r}; expected none, extractive or llm")
