@@ -203,6 +203,26 @@ def test_access_only_reads_urls_from_the_agents_own_search_results(tokenizer):
     assert accessed == [["http://EXAMPLE.test/aldova-airports/1/", "https://example.test/missing-page/1"]]
 
 
+def test_urls_seen_by_a_sibling_do_not_count_and_counts_are_capped(tokenizer):
+    def script(view):
+        if view.role == "subagent":
+            if view.subtask == "find part 0":  # searches, with a count above max_top_k, then reports
+                if view.turn == 1:
+                    return tool_call("search", {"queries": [{"query": "shared", "count": 50}]})
+                return "done"
+            if view.turn == 1:  # reads part 0's first hit without having searched itself
+                return tool_call("access", {"urls": [{"url": "https://example.test/shared/1", "info_to_extract": "x"}]})
+            return "done"
+        return research_script(width=2)(view)
+
+    (trajectory,), _, search, _ = rollout(tokenizer, script)
+    first, second = trajectory.subagents()
+    assert ("search", ["shared"], 10) in search.calls  # capped at search.max_top_k
+    assert first.tool_errors == 0
+    assert "did not appear in your search results" in second.turns[0].tool_result and second.tool_errors == 1
+    assert not [call for call in search.calls if call[0] == "access"]
+
+
 def test_repeating_the_same_call_is_degenerate(tokenizer):
     def script(view):
         if view.role == "subagent":

@@ -49,9 +49,9 @@ def test_job_run_logs_prefixed_params_yaml_and_tags(tmp_path):
     assert logged.info.status == "FINISHED"
     params, tags = logged.data.params, logged.data.tags
     assert params["cfg.subagents"] == "8" and params["cfg.model.name"] == "tiny"
-    assert params["cfg.task"] == "build" and params["cfg.agent.max_subagents_per_call"] == "8"
+    assert params["cfg.task"] == "eval" and params["cfg.agent.max_subagents_per_call"] == "8"
     assert not any(key.startswith("cfg.hydra") for key in params)
-    assert tags["task"] == "build" and tags["width"] == "8" and len(tags["git.commit"]) >= 7
+    assert tags["task"] == "eval" and tags["width"] == "8" and len(tags["git.commit"]) >= 7
     assert logged.data.metrics["answer"] == 42.0
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"config.yaml", "overrides.txt"} <= artifacts

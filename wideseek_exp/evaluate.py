@@ -31,8 +31,8 @@ from wideseek_exp.scoring.aggregate import Report
 from wideseek_exp.scoring.widesearch import TrialScore
 from wideseek_exp.tasks.loaders import load_task_set
 from wideseek_exp.tasks.record import TaskRecord
-from wideseek_exp.trialstore import TRIALS_FILE, TrialStore
 from wideseek_exp.tracking import JobRun
+from wideseek_exp.trialstore import TRIALS_FILE, TrialStore
 
 TRAJECTORY_SAMPLES = 5  # whole trajectories logged to MLflow per evaluation (all are in the job folder)
 
@@ -52,12 +52,12 @@ def load_eval_tasks(cfg: DictConfig) -> list[TaskRecord]:
 
 def eval_settings(cfg: DictConfig) -> dict:
     """What decides the trials of a folder: resuming into it with other values is refused."""
-    pick = {
+    settings = {
         "model": cfg.model.path, "engine": cfg.engine.name, "search": cfg.search.name, "subagents": cfg.subagents,
-        "agent": cfg.agent, "data": cfg.data.name, "data_path": cfg.data.path, "split": cfg.data.split,
-        "samples": cfg.eval.samples, "seed": cfg.seed,
+        "agent": OmegaConf.to_container(cfg.agent, resolve=True), "data": cfg.data.name, "data_path": cfg.data.path,
+        "split": cfg.data.split, "samples": cfg.eval.samples, "seed": cfg.seed,
     }
-    return json.loads(json.dumps(OmegaConf.to_container(OmegaConf.create(pick), resolve=True), default=str))
+    return json.loads(json.dumps(settings, default=str))
 
 
 def trial_record(trajectory) -> dict:

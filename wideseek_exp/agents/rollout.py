@@ -437,9 +437,10 @@ class Scheduler:
 
         all_urls = [url for urls in url_lists for url in urls]
         try:
-            pages = self.search_backend.access(all_urls) if all_urls else []
+            pages = list(self.search_backend.access(all_urls)) if all_urls else []
         except Exception as error:
             pages = [error] * len(all_urls)
+        pages += [None] * (len(all_urls) - len(pages))  # a backend that answered short: the rest are unknown
         access_results, start = [], 0
         for urls in url_lists:
             access_results.append(pages[start : start + len(urls)])
@@ -704,7 +705,7 @@ class Rollout:
         self.started = 0.0
 
     async def run(self, tasks: list[TaskRecord], samples: int, max_active: int | None,
-                  stats: RolloutStats) -> list[Trajectory]:
+                  stats: RolloutStats, skip: Callable[[str, int], bool] | None = None) -> list[Trajectory]:
         limits = self.limits
         self.scheduler = Scheduler(self.search_backend, self.seed, limits.temperature, limits.top_p,
                                    limits.tool_wait_s, stats)
@@ -716,7 +717,10 @@ class Rollout:
                 self.on_trajectory(trajectory)
             return trajectory
 
-        coroutines = [one(i, task, s) for i, task in enumerate(tasks) for s in range(samples)]
+        # Request seeds derive from (instance_id, sample), not from the position in this call, so the
+        # trials left to run after a resume ask for the same seeds they would have had.
+        coroutines = [one(i, task, s) for i, task in enumerate(tasks) for s in range(samples)
+                      if skip is None or not skip(task.instance_id, s)]
         try:
             return await self.scheduler.run(coroutines, max_active)
         finally:
@@ -740,16 +744,18 @@ def run_rollouts(
     on_trajectory: Callable[[Trajectory], None] | None = None,
     max_active_trajectories: int | None = None,
     stats: RolloutStats | None = None,
+    skip: Callable[[str, int], bool] | None = None,
 ) -> list[Trajectory]:
     """Roll out `samples` trajectories of every task, all in flight at once (or at most
     `max_active_trajectories`); returned in (task, sample) order. `on_trajectory` is called as each one
     finishes. `subagent_engine` (default: `engine`) serves the subagents; `summarizer` defaults to
-    agent_cfg.summarizer. Pass a RolloutStats to receive the batching log."""
+    agent_cfg.summarizer. Pass a RolloutStats to receive the batching log. `skip(instance_id, sample)`
+    leaves out trials that are already done (a resumed evaluation)."""
     if samples < 1:
         raise WideseekError(f"samples must be at least 1 (got {samples})")
     rollout = Rollout(engine, search, tokenizer, agent_cfg, search_cfg, seed, subagent_engine, summarizer,
                       on_trajectory)
-    coroutine = rollout.run(list(tasks), samples, max_active_trajectories, stats or RolloutStats())
+    coroutine = rollout.run(list(tasks), samples, max_active_trajectories, stats or RolloutStats(), skip)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
