@@ -93,3 +93,25 @@ def test_sweep_nests_one_child_per_job_under_one_parent(world, first_build, laun
     assert sorted(r.data.tags["width"] for r in children) == ["1", "2"]
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert parents[0].data.params["sweep.overrides"].startswith("task=build subagents=1,2")
+
+
+def test_eval_end_to_end_with_the_tiny_model_and_resume(world, first_build, tmp_path):
+    from conftest import run_cli
+
+    root, args = world
+    job = tmp_path / "eval-job"
+    eval_args = ("task=eval", "eval.limit=2", "eval.samples=2", "model.max_reply_tokens=32", *args,
+                 "tracking.experiment=e2e-eval", f"hydra.run.dir={job}")
+    result = run_cli(*eval_args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| all | 2 |" in result.stdout and "judge: exact-judge" in result.stdout
+    for name in ("trials.jsonl", "trajectories.jsonl", "scores.jsonl", "metrics.json", "results.md", "per_task.csv"):
+        assert (job / name).is_file(), name
+    assert len((job / "trials.jsonl").read_text().splitlines()) == 4
+    logged = runs(root, "e2e-eval")
+    assert logged[-1].data.metrics["eval.k"] == 2 and "eval.item_f1_avg" in logged[-1].data.metrics
+
+    again = run_cli(*eval_args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming: 4 of 4 trials already done" in again.stdout
+    assert len((job / "trials.jsonl").read_text().splitlines()) == 4
