@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from hydra import compose, initialize_config_dir
-from scripted_engine import ScriptedEngine, tiny_tokenizer, world_config
+from scripted_engine import ScriptedEngine, tiny_tokenizer, tool_call, world_config
 
 import wideseek_exp.engines.factory as engine_factory
 from wideseek_exp import WideseekError
@@ -55,7 +55,8 @@ def answering_engine(cfg, wrong_samples: set[int] = frozenset()):
 def scripted(monkeypatch):
     """make_engine returns the given engine; yields a setter."""
     holder = {}
-    monkeypatch.setattr(engine_factory, "make_engine", lambda cfg: holder["engine"])
+    monkeypatch.setattr(engine_factory, "make_engine",
+                        lambda cfg, model_cfg=None: holder["engine"] if model_cfg is None else holder["subagent"])
 
     def use(engine):
         holder["engine"] = engine
@@ -176,3 +177,26 @@ def test_score_without_responses_is_a_clear_error(tmp_path):
         run_score(config(), JobRun(None), tmp_path)
     with pytest.raises(WideseekError, match="does not exist"):
         run_score(config(f"score.responses={tmp_path / 'nowhere'}"), JobRun(None), tmp_path)
+
+
+def test_subagents_can_run_on_another_model(tmp_path, monkeypatch):
+    """+model@subagent_model=NAME: the lead's requests go to one engine, the subagents' to another."""
+    cfg = config("eval.limit=1", "eval.samples=1", "+model@subagent_model=tiny")
+    answer = next(iter(gold_answers(cfg).values()))
+
+    def lead(view):
+        assert view.role == "lead"
+        return tool_call("create_sub_agents", {"sub_agents": [{"prompt": "find the members"}]}) if view.turn == 1 \
+            else answer
+
+    def subagent(view):
+        assert view.role == "subagent"
+        return "The members are listed on the list page."
+
+    engines = {"lead": ScriptedEngine(tiny_tokenizer(), lead), "subagent": ScriptedEngine(tiny_tokenizer(), subagent)}
+    monkeypatch.setattr(engine_factory, "make_engine",
+                        lambda cfg, model_cfg=None: engines["lead" if model_cfg is None else "subagent"])
+    headline = run_eval(cfg, JobRun(None), tmp_path)
+    assert len(engines["lead"].batches) == 2 and len(engines["subagent"].batches) == 1
+    assert headline["item_f1_avg@1"] == pytest.approx(1.0)
+    assert json.loads((tmp_path / "eval_settings.json").read_text())["subagent_model"].endswith("models/tiny")

@@ -262,6 +262,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     model: ModelConfig = MISSING
+    # The lead-vs-subagent ablation: subagents on another model (+model@subagent_model=NAME); null: `model`
+    subagent_model: ModelConfig | None = None
     engine: EngineConfig = MISSING
     search: SearchConfig = MISSING
     agent: AgentConfig = MISSING

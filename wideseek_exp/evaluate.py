@@ -53,7 +53,8 @@ def load_eval_tasks(cfg: DictConfig) -> list[TaskRecord]:
 def eval_settings(cfg: DictConfig) -> dict:
     """What decides the trials of a folder: resuming into it with other values is refused."""
     settings = {
-        "model": cfg.model.path, "engine": cfg.engine.name, "search": cfg.search.name, "subagents": cfg.subagents,
+        "model": cfg.model.path, "engine": cfg.engine.name,
+        "subagent_model": cfg.subagent_model.path if cfg.subagent_model is not None else None, "search": cfg.search.name, "subagents": cfg.subagents,
         "agent": OmegaConf.to_container(cfg.agent, resolve=True), "data": cfg.data.name, "data_path": cfg.data.path,
         "split": cfg.data.split, "samples": cfg.eval.samples, "seed": cfg.seed,
     }
@@ -105,6 +106,7 @@ def run_eval(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
         from tqdm import tqdm
 
         engine = make_engine(cfg)
+        subagent_engine = make_subagent_engine(cfg, engine)
         search = make_search_backend(cfg)
         progress = tqdm(total=total, initial=done_before, desc="trials", unit="trial", file=sys.stderr)
 
@@ -116,10 +118,12 @@ def run_eval(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
 
         try:
             run_rollouts(tasks, samples, engine, search, engine.tokenizer, cfg.agent, cfg.search, cfg.seed,
-                         on_trajectory=finished, stats=stats, skip=store.done)
+                         subagent_engine=subagent_engine, on_trajectory=finished, stats=stats, skip=store.done)
         finally:
             progress.close()
             engine.close()
+            if subagent_engine is not None:
+                subagent_engine.close()
     rollout_seconds = time.perf_counter() - started
 
     report = score_and_report(cfg, tasks, store.trials, samples, folder, tracker)
@@ -133,6 +137,22 @@ def run_eval(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
     tracker.log_artifact(metrics_path)
     log_trajectory_samples(store, tracker, folder)
     return report.headline()
+
+
+def make_subagent_engine(cfg: DictConfig, lead_engine):
+    """A second engine for the subagents when cfg.subagent_model is set (the lead-vs-subagent ablation).
+
+    Every agent's prompts are rendered with one tokenizer, so the two models must share it."""
+    if cfg.subagent_model is None:
+        return None
+    from wideseek_exp.engines.factory import make_engine
+
+    engine = make_engine(cfg, cfg.subagent_model)
+    if engine.tokenizer.get_vocab() != lead_engine.tokenizer.get_vocab():
+        engine.close()
+        raise WideseekError(f"subagent_model {cfg.subagent_model.name} does not share the tokenizer of model "
+                            f"{cfg.model.name}; the lead and subagent models must use one tokenizer")
+    return engine
 
 
 def rollout_metrics(trials: list[dict], seconds: float, generated_now: int, stats) -> dict[str, float]:

@@ -10,24 +10,26 @@ from wideseek_exp import WideseekError
 from wideseek_exp.engines.base import Engine
 
 
-def model_location(cfg: DictConfig) -> str:
+def model_location(model_cfg: DictConfig) -> str:
     """The folder or hub id the model loads from; a tiny model must have been built first."""
-    if cfg.model.source == "tiny":
-        folder = Path(cfg.model.path)
+    if model_cfg.source == "tiny":
+        folder = Path(model_cfg.path)
         if not (folder / "config.json").is_file():
             raise WideseekError(f"the tiny model is not built at {folder}; run `python run.py task=build`")
         return str(folder)
-    return str(cfg.model.path)
+    return str(model_cfg.path)
 
 
-def make_engine(cfg: DictConfig) -> Engine:
+def make_engine(cfg: DictConfig, model_cfg: DictConfig | None = None) -> Engine:
+    """The configured engine serving `model_cfg` (default: cfg.model)."""
+    model_cfg = cfg.model if model_cfg is None else model_cfg
     if cfg.engine.name == "hf":
         from wideseek_exp.engines.hf import HFEngine
         from wideseek_exp.models.loader import load_model_and_tokenizer
 
         model, tokenizer = load_model_and_tokenizer(
-            model_location(cfg), revision=cfg.model.revision, dtype=cfg.model.dtype, device=cfg.engine.device,
-            trust_remote_code=cfg.model.trust_remote_code,
+            model_location(model_cfg), revision=model_cfg.revision, dtype=model_cfg.dtype, device=cfg.engine.device,
+            trust_remote_code=model_cfg.trust_remote_code,
         )
         return HFEngine(model, tokenizer, max_batch_size=cfg.engine.max_batch_size)
     raise WideseekError(f"engine={cfg.engine.name} is not available in this version (available: hf)")
