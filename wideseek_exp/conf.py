@@ -209,6 +209,9 @@ class DataConfig:
 class EvalConfig:
     samples: int = 4  # trials per task (Avg@4 / Max@4 / Pass@4)
     limit: int | None = None  # first N tasks of the split (sampling settings live in agent.*)
+    # Trajectories in flight at once. Each brings its lead and its subagents to the engine's batches;
+    # more keeps batches full, fewer lets trials finish (and be saved) sooner.
+    max_active_trajectories: int = II("engine.max_batch_size")
 
 
 @dataclass
@@ -236,12 +239,17 @@ class TrainerConfig:
     dual_clip: float = 10.0
     beta: float = 0.0  # KL coefficient (0: no KL, as the paper)
     weighting: str = "paper"  # paper | token_mean | agent_only | token_only
-    turn_selection: bool = True
-    micro_batch_rows: int = 4
+    turn_selection: bool = True  # the reference's choice of trained turns (false: every reply of every agent)
+    micro_batch_rows: int = 4  # rows per forward pass (the logits memory bound)
     gradient_checkpointing: bool = False
-    eval_every: int = 20
-    save_every: int = 20
-    resume: bool = False
+    train_split: str = "train"
+    eval_split: str = "test"  # evaluated every eval_every steps and at the end (eval.limit tasks x eval.samples)
+    eval_every: int = 20  # 0: only at the end
+    save_every: int = 20  # 0: no periodic checkpoints (Ctrl-C or a crash still saves one)
+    keep_checkpoints: int = 2  # the most recent ones kept (0: all)
+    checkpoint_dir: str | None = None  # null: <job folder>/checkpoints
+    resume: bool = False  # continue from the last checkpoint in checkpoint_dir
+    ddp_timeout_s: int = 10800  # collective timeout: the other ranks wait while rank 0 evaluates
 
 
 @dataclass

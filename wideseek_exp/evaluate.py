@@ -118,7 +118,8 @@ def run_eval(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
 
         try:
             run_rollouts(tasks, samples, engine, search, engine.tokenizer, cfg.agent, cfg.search, cfg.seed,
-                         subagent_engine=subagent_engine, on_trajectory=finished, stats=stats, skip=store.done)
+                         subagent_engine=subagent_engine, on_trajectory=finished, stats=stats, skip=store.done,
+                         max_active_trajectories=cfg.eval.max_active_trajectories)
         finally:
             progress.close()
             engine.close()
