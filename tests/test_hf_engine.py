@@ -147,3 +147,100 @@ def test_outputs_come_back_in_input_order(model_and_tokenizer, prompts):
     batched = engine.generate(longest_first, GREEDY)
     alone = [engine.generate([p], GREEDY)[0] for p in longest_first]
     assert [c.token_ids for c in batched] == [c.token_ids for c in alone]
+
+
+# ---- prefix cache: a later prompt that extends an earlier prompt + completion reuses its KV
+
+
+SYSTEM = "You are a careful agent. Search, read the pages and report a table | name | population | of the cities."
+
+
+def two_turns(engine: HFEngine, tokenizer, prompts, sampling):
+    """Turn 1 from three prompts that share a long system prefix; turn 2 extends each with its completion and
+    a follow-up of its own length (so the rows' cached lengths differ), next to rows with no cache hit and a
+    row that shares only its first turn's prompt."""
+    system = tokenizer.encode(SYSTEM)
+    first = [system + p for p in prompts[:3]]
+    turn1 = engine.generate(first, sampling)
+    follow_ups = [tokenizer.encode(text) for text in ("ok", "the tool said 42 and more", "x y")]
+    second = [p + c.token_ids + f for p, c, f in zip(first, turn1, follow_ups)]
+    second += [prompts[3], prompts[4], first[0] + follow_ups[1]]
+    return turn1, engine.generate(second, sampling)
+
+
+def assert_same(expected, actual):
+    for before, after in zip(expected, actual, strict=True):
+        assert after.token_ids == before.token_ids
+        assert after.logprobs == pytest.approx(before.logprobs, abs=1e-4)
+        assert (after.finish_reason, after.stop_reason) == (before.finish_reason, before.stop_reason)
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, SamplingParams(max_new_tokens=20, temperature=1.0, top_p=0.9, seed=3)])
+def test_prefix_cache_gives_what_a_full_prefill_gives(model_and_tokenizer, prompts, sampling):
+    model, tokenizer = model_and_tokenizer
+    plain = two_turns(HFEngine(model, tokenizer, max_batch_size=4), tokenizer, prompts, sampling)
+    engine = HFEngine(model, tokenizer, max_batch_size=4, prefix_cache_mb=16)
+    cached = two_turns(engine, tokenizer, prompts, sampling)
+    for expected, actual in zip(plain, cached):
+        assert_same(expected, actual)
+    # Turn 1 prefilled the shared system prompt once; turn 2 found each row's first turn in the cache.
+    system, turn1 = len(tokenizer.encode(SYSTEM)), cached[0]
+    extended = sum(system + len(p) + len(c.token_ids) - 1 for p, c in zip(prompts[:3], turn1))
+    assert engine.stats.cached_tokens >= 3 * (system - 1) + extended
+    assert engine.stats.computed_tokens < engine.stats.prompt_tokens - extended
+
+
+def test_prefix_cache_eviction_keeps_outputs_right(model_and_tokenizer, prompts):
+    model, tokenizer = model_and_tokenizer
+    plain = two_turns(HFEngine(model, tokenizer), tokenizer, prompts, GREEDY)
+    limit = 30_000  # bytes: about two entries of this model
+    engine = HFEngine(model, tokenizer, prefix_cache_mb=limit / 2**20)
+    cached = two_turns(engine, tokenizer, prompts, GREEDY)
+    for expected, actual in zip(plain, cached):
+        assert_same(expected, actual)
+    assert 0 < engine.prefix_cache.bytes <= limit and len(engine.prefix_cache) <= 2
+    assert engine.stats.cached_tokens > 0
+
+
+def test_prefix_cache_disabled(model_and_tokenizer, prompts):
+    model, tokenizer = model_and_tokenizer
+    engine = HFEngine(model, tokenizer, prefix_cache_mb=0)
+    assert engine.prefix_cache is None
+    two_turns(engine, tokenizer, prompts, GREEDY)
+    assert engine.stats.cached_tokens == 0
+    assert engine.stats.computed_tokens == engine.stats.prompt_tokens
+
+
+def test_prefix_cache_is_dropped_when_the_weights_change(model_and_tokenizer, prompts):
+    model, tokenizer = model_and_tokenizer
+    engine = HFEngine(model, tokenizer, prefix_cache_mb=16)
+    first = engine.generate(prompts[:2], GREEDY)
+    second = [p + c.token_ids for p, c in zip(prompts[:2], first)]
+    weight = model.get_output_embeddings().weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.mul_(1.5)  # an optimizer step, in place
+        expected = HFEngine(model, tokenizer).generate(second, GREEDY)
+        assert_same(expected, engine.generate(second, GREEDY))
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+
+
+def test_entries_a_prompt_extends_are_dropped_others_kept(model_and_tokenizer, prompts):
+    model, tokenizer = model_and_tokenizer
+    engine = HFEngine(model, tokenizer, max_batch_size=2, prefix_cache_mb=16)
+    first = engine.generate(prompts[:3], GREEDY)
+
+    def stored():
+        return {tuple(entry.token_ids.tolist()) for entry in engine.prefix_cache.entries.values()}
+
+    entries = [tuple(p + c.token_ids[:-1]) for p, c in zip(prompts, first)]
+    assert stored() == set(entries)
+    # Row 0 goes on with its conversation: the new entry holds the old one, which is dropped. Row 1 shares
+    # only its prompt with its entry (another sample of the same task, say): that entry stays for others.
+    continued, other = prompts[0] + first[0].token_ids + [5], prompts[1] + [first[1].token_ids[0] + 1]
+    second = engine.generate([continued, other], GREEDY)
+    assert stored() == {entries[1], entries[2], tuple(continued + second[0].token_ids[:-1]),
+                        tuple(other + second[1].token_ids[:-1])}

@@ -114,6 +114,8 @@ class EngineConfig:
     name: str = MISSING  # hf | vllm | openai
     max_batch_size: int = 16
     device: str = "auto"
+    # hf: KV of finished turns kept for the next turn's prompt (LRU, in MiB of the model's device); 0 disables
+    prefix_cache_mb: int = 1024
     # vllm
     gpu_memory_utilization: float = 0.5
     tensor_parallel_size: int = 1
@@ -240,7 +242,8 @@ class TrainerConfig:
     beta: float = 0.0  # KL coefficient (0: no KL, as the paper)
     weighting: str = "paper"  # paper | token_mean | agent_only | token_only
     turn_selection: bool = True  # the reference's choice of trained turns (false: every reply of every agent)
-    micro_batch_rows: int = 4  # rows per forward pass (the logits memory bound)
+    rollouts_per_micro_batch: int = 1  # the rows of this many trajectories per forward/backward (0: a whole step's)
+    micro_batch_rows: int = 4  # rows per forward pass within it (bounds the activation peak of the LM head)
     gradient_checkpointing: bool = False
     train_split: str = "train"
     eval_split: str = "test"  # evaluated every eval_every steps and at the end (eval.limit tasks x eval.samples)

@@ -141,8 +141,15 @@ def task_score(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
     return run_score(cfg, tracker, out)
 
 
+def task_train(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
+    from wideseek_exp.train import run_train
+
+    return run_train(cfg, tracker, out)
+
+
 TASKS: dict[Task, Callable[[DictConfig, JobRun, Path | None], object]] = {
     Task.build: task_build,
     Task.eval: task_eval,
     Task.score: task_score,
+    Task.train: task_train,
 }

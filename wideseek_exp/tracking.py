@@ -188,8 +188,10 @@ class JobRun:
 
 @contextmanager
 def job_run(cfg: DictConfig, output_dir: Path | None = None) -> Iterator[JobRun]:
-    """Start the job's MLflow run (checking the store first), log config and tags, end it on exit."""
-    if not cfg.tracking.enabled:
+    """Start the job's MLflow run (checking the store first), log config and tags, end it on exit.
+
+    Under torchrun / accelerate only rank 0 tracks; the other ranks get a no-op JobRun."""
+    if not cfg.tracking.enabled or int(os.environ.get("RANK", "0")) != 0:
         yield JobRun(None)
         return
 

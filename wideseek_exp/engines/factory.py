@@ -31,5 +31,6 @@ def make_engine(cfg: DictConfig, model_cfg: DictConfig | None = None) -> Engine:
             model_location(model_cfg), revision=model_cfg.revision, dtype=model_cfg.dtype, device=cfg.engine.device,
             trust_remote_code=model_cfg.trust_remote_code,
         )
-        return HFEngine(model, tokenizer, max_batch_size=cfg.engine.max_batch_size)
+        return HFEngine(model, tokenizer, max_batch_size=cfg.engine.max_batch_size,
+                        prefix_cache_mb=cfg.engine.prefix_cache_mb)
     raise WideseekError(f"engine={cfg.engine.name} is not available in this version (available: hf)")

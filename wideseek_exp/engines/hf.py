@@ -3,19 +3,45 @@
 Why not `model.generate`: the rollout needs the logprob of each sampled token under the sampling
 distribution (before top-p truncation), stop strings that end a row right after their tokens, and
 rows that leave the batch as soon as they finish. The loop is small enough to own.
+
+Prefix caching (as vLLM does): an agent's next prompt is its last prompt + the reply + a follow-up, so
+when a row finishes its KV (prompt + reply, less the last token) is kept in a `PrefixCache`, and a later
+prompt that starts with those tokens reuses them and prefills only its new suffix. Rows of one call that
+share a long prefix (one task's samples, subagents with the same system prompt) prefill it only once.
+
+Layout of a batch (one `_BatchKV`): row b's tokens are contiguous and end in column `width` (the longest
+prompt) after prefill, left-padded; decode appends columns in place. Prefill runs in groups of rows with
+similar suffix lengths: a group's cache holds each row's cached prefix right-aligned to a common column C,
+then the group's suffixes, left-padded, so a row has pads before its prefix and between prefix and suffix.
+The 4D attention mask hides every pad, and position ids continue each row's own sequence (cached keys are
+already rotated). The group's KV is then copied, compacted, into the batch.
 """
 
 from __future__ import annotations
 
 import random
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
+import numpy as np
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.cache_utils import Cache, DynamicLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from wideseek_exp import WideseekError
 from wideseek_exp.engines.base import Completion, Engine, SamplingParams
+
+# Rows of one prefill group: padding up to this share of the real suffix tokens (plus a few) is cheaper than
+# another forward pass.
+_GROUP_PADDING = 0.25
+_GROUP_SLACK_TOKENS = 32
+# A prefix shared by rows of one call is prefilled once if it saves at least this many tokens per row.
+_MIN_SHARED_TOKENS = 32
 
 
 def sample_next_tokens(
@@ -61,6 +87,201 @@ def draw(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return picks.clamp_(max=weights.shape[-1] - 1).squeeze(-1)
 
 
+def common_prefix_length(a: np.ndarray, b: np.ndarray) -> int:
+    n = min(len(a), len(b))
+    mismatch = np.flatnonzero(a[:n] != b[:n])
+    return int(mismatch[0]) if mismatch.size else n
+
+
+# ------------------------------------------------------------------------------------------ attention
+
+_GQA_SDPA = "wideseek_sdpa_gqa"
+
+
+def _sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers' sdpa path copies every key/value head out to its query heads whenever a mask is given;
+    in a CPU decode step that copy costs more than the attention. torch's CPU kernel shares the heads itself."""
+    if attention_mask is None or query.device.type != "cpu":
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
+                                            scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+    return output.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(_GQA_SDPA, _sdpa_gqa)
+
+
+# ------------------------------------------------------------------------------------------ KV storage
+
+
+@dataclass(frozen=True)
+class _KVShape:
+    layers: int
+    kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+    device: torch.device
+
+
+class _BufferLayer(DynamicLayer):
+    """One layer's view of a `_BatchKV`: writes the new keys/values in place instead of concatenating
+    (DynamicCache copies the whole cache on every decode step)."""
+
+    def __init__(self, owner: _BatchKV, index: int):
+        super().__init__()
+        self.owner, self.index = owner, index
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        start, end = self.owner.length, self.owner.length + key_states.shape[-2]
+        keys, values = self.owner.data[self.index]
+        keys[:, :, start:end] = key_states
+        values[:, :, start:end] = value_states
+        return keys[:, :, :end], values[:, :, :end]
+
+    def get_seq_length(self) -> int:
+        return self.owner.length
+
+
+class _BatchKV(Cache):
+    """The KV of a batch in one tensor [layer, key|value, row, kv head, column, head dim], with room to grow.
+    Columns before `length` are filled; `valid` marks the real tokens (the rest are pads, never attended to)."""
+
+    def __init__(self, shape: _KVShape, rows: int, capacity: int):
+        super().__init__(layers=[_BufferLayer(self, i) for i in range(shape.layers)])
+        self.shape = shape
+        # zeros, not empty: a pad's key/value gets weight 0 and 0 * NaN would still be NaN
+        self.data = torch.zeros((shape.layers, 2, rows, shape.kv_heads, capacity, shape.head_dim),
+                                dtype=shape.dtype, device=shape.device)
+        self.valid = torch.zeros((rows, capacity), dtype=torch.bool, device=shape.device)
+        self.length = 0
+
+    def reserve(self, columns: int) -> None:
+        """Room for `columns` more; grows by half again so that appending one at a time stays cheap."""
+        needed = self.length + columns
+        capacity = self.data.shape[-2]
+        if needed <= capacity:
+            return
+        grown = max(needed, capacity + capacity // 2)
+        data = self.data.new_zeros((*self.data.shape[:-2], grown, self.data.shape[-1]))
+        data[..., : self.length, :] = self.data[..., : self.length, :]
+        valid = self.valid.new_zeros((self.valid.shape[0], grown))
+        valid[:, : self.length] = self.valid[:, : self.length]
+        self.data, self.valid = data, valid
+
+    def attention_mask(self, new: int) -> torch.Tensor:
+        """[row, 1, query, key] for a forward over the next `new` columns: each query sees the real tokens up to
+        its own column, and itself even when it is a pad (so that no row of the mask is empty). Additive (0 or
+        the dtype's minimum), as sdpa would otherwise convert a boolean mask again in every layer."""
+        columns = self.length + new
+        if new == 1:  # decode: the new column is real in every row
+            seen = self.valid[:, None, None, :columns]
+        else:
+            query = torch.arange(self.length, columns, device=self.valid.device)[:, None]
+            key = torch.arange(columns, device=self.valid.device)[None, :]
+            seen = (self.valid[:, None, None, :columns] & (key <= query)) | (key == query)
+        hidden = torch.zeros(seen.shape, dtype=self.shape.dtype, device=self.shape.device)
+        return hidden.masked_fill_(~seen, torch.finfo(self.shape.dtype).min)
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        self.data, self.valid = self.data[:, :, index], self.valid[index]
+        # Cut the columns that are padding in every remaining row (the long rows may have finished),
+        # so that later steps attend over fewer columns; positions are passed explicitly, so unaffected.
+        padding = int(self.valid[:, : self.length].any(0).int().argmax())
+        if padding:
+            self.data, self.valid = self.data[..., padding:, :], self.valid[:, padding:]
+            self.length -= padding
+
+    def row(self, row: int, start: int, end: int) -> torch.Tensor:
+        """A copy of one row's columns [start, end): [layer, key|value, kv head, column, head dim]."""
+        return self.data[:, :, row, :, start:end].clone()
+
+
+@dataclass
+class _Entry:
+    token_ids: np.ndarray
+    kv: torch.Tensor  # [layer, key|value, kv head, token, head dim]
+
+    @property
+    def nbytes(self) -> int:
+        return self.kv.numel() * self.kv.element_size()
+
+
+class PrefixCache:
+    """Finished rows' KV, keyed by their token ids, least recently used first, within `max_bytes`.
+
+    A lookup returns the entry sharing the longest prefix with the prompt (any prefix of an entry can be
+    reused: keys and values of a token depend only on the tokens before it). Entries are copied into the
+    batch, not moved, so one entry serves any number of rows: one task's samples, subagents with the same
+    system prompt. An entry that a prompt extends completely is its agent's previous turn, which this call's
+    new entry will contain; it is dropped at the end of the call (`drop_consumed`) instead of waiting for LRU.
+    Lookup is a linear scan, vectorised per entry: microseconds per entry, against seconds of generation.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.entries: OrderedDict[int, _Entry] = OrderedDict()
+        self.bytes = 0
+        self._next_key = 0
+        self._consumed: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def lookup(self, prompt: np.ndarray) -> tuple[_Entry | None, int]:
+        """(entry, how many of the prompt's first tokens it holds), leaving at least the last prompt token to
+        compute: its logits start the reply."""
+        best_key, best = None, 0
+        for key, entry in self.entries.items():
+            length = common_prefix_length(entry.token_ids, prompt)
+            if length > best:
+                best_key, best = key, length
+        if best_key is None:
+            return None, 0
+        entry = self.entries[best_key]
+        self.entries.move_to_end(best_key)
+        if best == len(entry.token_ids):
+            self._consumed.add(best_key)
+        return entry, min(best, len(prompt) - 1)
+
+    def store(self, token_ids: Sequence[int], kv: torch.Tensor) -> None:
+        entry = _Entry(np.asarray(token_ids, dtype=np.int64), kv)
+        if entry.nbytes > self.max_bytes or len(token_ids) == 0:
+            return
+        while self.bytes + entry.nbytes > self.max_bytes:
+            self._remove(next(iter(self.entries)))
+        self.entries[self._next_key] = entry
+        self.bytes += entry.nbytes
+        self._next_key += 1
+
+    def drop_consumed(self) -> None:
+        for key in self._consumed:
+            if key in self.entries:
+                self._remove(key)
+        self._consumed.clear()
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self._consumed.clear()
+        self.bytes = 0
+
+    def _remove(self, key: int) -> None:
+        self.bytes -= self.entries.pop(key).nbytes
+
+
+@dataclass
+class EngineStats:
+    """Counters since the engine was made (or `reset_stats`): where prefill work went, and the time spent."""
+
+    prompt_tokens: int = 0  # tokens of the prompts generated from
+    cached_tokens: int = 0  # of those, whose KV came from the prefix cache
+    computed_tokens: int = 0  # prompt tokens run through the model (shared prefixes once), no padding
+    padded_tokens: int = 0  # query positions of prefill forwards, padding included
+    generated_tokens: int = 0
+    prefill_s: float = 0.0  # CPU wall time; on a GPU, queued work may spill over into decode_s
+    decode_s: float = 0.0
+
+
 class _Row:
     """One prompt's generation state."""
 
@@ -73,16 +294,25 @@ class _Row:
 
 
 class HFEngine(Engine):
-    def __init__(self, model, tokenizer, max_batch_size: int = 16):
+    def __init__(self, model, tokenizer, max_batch_size: int = 16, prefix_cache_mb: float = 0):
         if max_batch_size < 1:
             raise WideseekError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        if prefix_cache_mb < 0:
+            raise WideseekError(f"prefix_cache_mb must be at least 0, got {prefix_cache_mb}")
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.device = next(model.parameters()).device
         config = model.config.get_text_config(decoder=True)
+        if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
+            raise WideseekError(f"HFEngine supports full-attention models only, not layer types {set(config.layer_types)}")
+        if model.config._attn_implementation not in ("sdpa", "eager"):
+            raise WideseekError(f"HFEngine needs sdpa or eager attention, not {model.config._attn_implementation}")
         self.context_limit = int(config.max_position_embeddings)
         self.vocab_size = int(config.vocab_size)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.kv_shape = _KVShape(int(config.num_hidden_layers), int(config.num_key_value_heads), int(head_dim),
+                                 next(model.parameters()).dtype, self.device)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         # Any of these ends a row (and is kept as its last token): the tokenizer's eos, <|im_end|>,
         # and the eos ids of the model's generation config (Qwen3 lists <|endoftext|> there too).
@@ -94,6 +324,9 @@ class HFEngine(Engine):
         if generation_eos is not None:
             eos.update([generation_eos] if isinstance(generation_eos, int) else generation_eos)
         self.eos_token_ids = frozenset(eos)
+        self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
+        self._weights_seen: tuple | None = None
+        self.stats = EngineStats()
 
     # ---- public ----
 
@@ -106,17 +339,29 @@ class HFEngine(Engine):
         # Batch prompts of similar length together (less padding); answer in the caller's order.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         rows = [_Row(min(sampling.max_new_tokens, self.context_limit - len(p))) for p in prompts]
+        live = [i for i in order if rows[i].budget > 0]
         was_training = self.model.training
         self.model.eval()  # a policy shared with training may be in train mode (which disables the cache)
         try:
-            with torch.inference_mode():
-                for start in range(0, len(order), self.max_batch_size):
-                    chunk = [i for i in order[start : start + self.max_batch_size] if rows[i].budget > 0]
-                    if chunk:
-                        self._generate_batch([prompts[i] for i in chunk], [rows[i] for i in chunk], sampling, generator)
+            with torch.inference_mode(), self._attention():
+                if self.prefix_cache is not None:
+                    self._forget_stale_cache()
+                    self._prefill_shared_prefixes([prompts[i] for i in live])
+                for start in range(0, len(live), self.max_batch_size):
+                    chunk = live[start : start + self.max_batch_size]
+                    self._generate_batch([prompts[i] for i in chunk], [rows[i] for i in chunk], sampling, generator)
         finally:
             self.model.train(was_training)
+            if self.prefix_cache is not None:
+                self.prefix_cache.drop_consumed()
         return [self._completion(row) for row in rows]
+
+    def clear_prefix_cache(self) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
+
+    def reset_stats(self) -> None:
+        self.stats = EngineStats()
 
     # ---- internals ----
 
@@ -134,59 +379,172 @@ class HFEngine(Engine):
         text = self.tokenizer.decode(row.token_ids, skip_special_tokens=False)
         return Completion(row.token_ids, row.logprobs, row.finish_reason, text, row.stop_reason)
 
+    @contextmanager
+    def _attention(self):
+        """Our GQA-sharing sdpa on CPU for the length of a call (restored after, as train/eval mode is)."""
+        config = self.model.config
+        previous = config._attn_implementation
+        if self.device.type == "cpu" and previous == "sdpa":
+            config._attn_implementation = _GQA_SDPA
+        try:
+            yield
+        finally:
+            config._attn_implementation = previous
+
+    def _forget_stale_cache(self) -> None:
+        """Cached KV is only valid for the weights that computed it. An optimizer step or a weight load
+        changes parameters in place (their version counter moves) or replaces them (new storage)."""
+        weights = tuple((p.data_ptr(), p._version) for p in self.model.parameters())
+        if weights != self._weights_seen:
+            self.prefix_cache.clear()
+            self._weights_seen = weights
+
+    def _prefill_shared_prefixes(self, prompts: list[list[int]]) -> None:
+        """Prefill once, into the prefix cache, each long prefix that rows of this call share beyond what the
+        cache holds already. Sorted, a prompt's longest prefix shared with any other is shared with a neighbour."""
+        ordered = [np.asarray(p, dtype=np.int64) for p in sorted(prompts)]
+        shared = [0] * len(ordered)
+        for k in range(len(ordered) - 1):
+            length = common_prefix_length(ordered[k], ordered[k + 1])
+            shared[k], shared[k + 1] = max(shared[k], length), max(shared[k + 1], length)
+        seeds = set()
+        for prompt, length in zip(ordered, shared):
+            length = min(length, len(prompt) - 1)  # the row still computes its last token
+            if length >= _MIN_SHARED_TOKENS and length - self._cached_length(prompt[:length]) >= _MIN_SHARED_TOKENS:
+                seeds.add(tuple(prompt[:length].tolist()))
+        # A seed that is a prefix of another is served by the longer one (it sorts right before an extension).
+        seeds = sorted(seeds)
+        seeds = [s for s, after in zip(seeds, [*seeds[1:], ()]) if after[: len(s)] != s]
+        if seeds:
+            seeds = [list(s) for s in seeds]
+            kv = self._prefill(seeds, [self._lookup(s) for s in seeds], extra=0)[0]
+            for b, seed in enumerate(seeds):
+                self.prefix_cache.store(seed, kv.row(b, kv.length - len(seed), kv.length))
+
+    def _cached_length(self, prompt: np.ndarray) -> int:
+        best = 0
+        for entry in self.prefix_cache.entries.values():
+            best = max(best, common_prefix_length(entry.token_ids, prompt))
+        return best
+
     def _generate_batch(
         self, prompts: list[list[int]], rows: list[_Row], sampling: SamplingParams, generator: torch.Generator
     ) -> None:
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for b, prompt in enumerate(prompts):  # left padding: every row's last prompt token is in the last column
-            input_ids[b, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            attention_mask[b, width - len(prompt) :] = 1
-        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        # Positions count real tokens only, so a padded row sees the same positions as when alone.
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        started = time.perf_counter()
+        hits = [self._lookup(p) for p in prompts]
+        self.stats.prompt_tokens += sum(len(p) for p in prompts)
+        self.stats.cached_tokens += sum(cached for _, cached in hits)
+        kv, logits = self._prefill(prompts, hits, extra=min(max(row.budget for row in rows), 256))
+        decode_started = time.perf_counter()
+        self.stats.prefill_s += decode_started - started
         next_positions = torch.tensor([len(p) for p in prompts], device=self.device)
-
-        cache = DynamicCache(config=self.model.config)
-        logits = self._forward(input_ids, attention_mask, position_ids, cache, logits_to_keep=1)
-        live = list(rows)  # the rows still in the batch, in batch order
+        live = list(range(len(rows)))  # indexes of the rows still in the batch, in batch order
         stops = tuple(s for s in sampling.stop if s)
         # Tokens enough to hold any stop string: each token is at least one byte, a character at most four.
         stop_window = 4 * max((len(s) for s in stops), default=0) + 1
-        while True:
-            tokens, logprobs = sample_next_tokens(logits, sampling.temperature, sampling.top_p, generator)
-            kept = [
-                b for b, (row, token, logprob) in enumerate(zip(live, tokens.tolist(), logprobs.tolist()))
-                if not self._append(row, token, logprob, stops, stop_window)
-            ]
-            if not kept:
-                return
-            if len(kept) < len(live):  # finished rows leave the batch
-                index = torch.tensor(kept, device=self.device)
-                cache.batch_select_indices(index)
-                attention_mask, tokens, next_positions = attention_mask[index], tokens[index], next_positions[index]
-                attention_mask = self._drop_shared_padding(cache, attention_mask)
-                live = [live[b] for b in kept]
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(live), 1))], dim=1)
-            logits = self._forward(tokens[:, None], attention_mask, next_positions[:, None], cache)
-            next_positions = next_positions + 1
+        try:
+            while True:
+                tokens, logprobs = sample_next_tokens(logits, sampling.temperature, sampling.top_p, generator)
+                kept = []
+                for b, (r, token, logprob) in enumerate(zip(live, tokens.tolist(), logprobs.tolist())):
+                    if not self._append(rows[r], token, logprob, stops, stop_window):
+                        kept.append(b)
+                    elif self.prefix_cache is not None:  # its KV: the prompt and all its tokens but the last
+                        token_ids = prompts[r] + rows[r].token_ids[:-1]
+                        self.prefix_cache.store(token_ids, kv.row(b, kv.length - len(token_ids), kv.length))
+                if not kept:
+                    return
+                if len(kept) < len(live):  # finished rows leave the batch
+                    index = torch.tensor(kept, device=self.device)
+                    kv.select_rows(index)
+                    tokens, next_positions = tokens[index], next_positions[index]
+                    live = [live[b] for b in kept]
+                kv.reserve(1)
+                kv.valid[:, kv.length] = True
+                logits = self._forward(tokens[:, None], kv, next_positions[:, None], 1)
+                next_positions = next_positions + 1
+        finally:
+            self.stats.decode_s += time.perf_counter() - decode_started
 
-    def _forward(self, input_ids, attention_mask, position_ids, cache, logits_to_keep: int = 0) -> torch.Tensor:
+    def _lookup(self, prompt: list[int]) -> tuple[_Entry | None, int]:
+        if self.prefix_cache is None:
+            return None, 0
+        return self.prefix_cache.lookup(np.asarray(prompt, dtype=np.int64))
+
+    def _prefill(self, prompts: list[list[int]], hits: list[tuple[_Entry | None, int]],
+                 extra: int) -> tuple[_BatchKV, torch.Tensor]:
+        """(the batch's KV, every row ending in column `width`, with room for `extra` more; each row's
+        logits for its next token). Cached prefixes (`hits`) are copied in; the rest is computed in groups."""
+        width = max(len(p) for p in prompts)
+        kv = _BatchKV(self.kv_shape, len(prompts), width + extra)
+        kv.length = width
+        logits = torch.empty((len(prompts), self.vocab_size), device=self.device)
+        suffix = [len(p) - cached for p, (_, cached) in zip(prompts, hits)]
+        for group in self._prefill_groups(suffix):
+            logits[group] = self._prefill_group([prompts[b] for b in group], [hits[b] for b in group], kv, group)
+        return kv, logits
+
+    @staticmethod
+    def _prefill_groups(suffix: list[int]) -> list[list[int]]:
+        """Rows by decreasing suffix length, cut where padding to the group's longest would waste too much."""
+        groups: list[list[int]] = []
+        for b in sorted(range(len(suffix)), key=lambda b: -suffix[b]):
+            if groups:
+                group = groups[-1]
+                real = sum(suffix[g] for g in group) + suffix[b]
+                if (len(group) + 1) * suffix[group[0]] - real <= _GROUP_PADDING * real + _GROUP_SLACK_TOKENS:
+                    group.append(b)
+                    continue
+            groups.append([b])
+        return groups
+
+    def _prefill_group(self, prompts: list[list[int]], hits: list[tuple[_Entry | None, int]], kv: _BatchKV,
+                       rows: list[int]) -> torch.Tensor:
+        """Run the rows' uncached suffixes over their cached prefixes; copy the result into `kv`'s `rows`."""
+        cached = [length for _, length in hits]
+        suffixes = [p[c:] for p, c in zip(prompts, cached)]
+        prefix_width, suffix_width = max(cached), max(len(s) for s in suffixes)
+        group = _BatchKV(self.kv_shape, len(prompts), prefix_width + suffix_width)
+        input_ids = torch.full((len(prompts), suffix_width), self.pad_token_id, dtype=torch.long)
+        position_ids = torch.zeros((len(prompts), suffix_width), dtype=torch.long)
+        for g, ((entry, c), suffix) in enumerate(zip(hits, suffixes)):
+            if c:
+                group.data[:, :, g, :, prefix_width - c : prefix_width] = entry.kv[:, :, :, :c]
+                group.valid[g, prefix_width - c : prefix_width] = True
+            input_ids[g, suffix_width - len(suffix) :] = torch.tensor(suffix, dtype=torch.long)
+            position_ids[g, suffix_width - len(suffix) :] = torch.arange(c, c + len(suffix))
+            group.valid[g, prefix_width + suffix_width - len(suffix) :] = True
+        group.length = prefix_width
+        logits = self._forward(input_ids.to(self.device), group, position_ids.to(self.device), suffix_width,
+                               logits_to_keep=1)
+        # Into the batch, compacted: prefix and suffix side by side, ending in the batch's column kv.length.
+        for g, (row, c, suffix) in enumerate(zip(rows, cached, suffixes)):
+            end = kv.length
+            kv.data[:, :, row, :, end - len(suffix) : end] = group.data[:, :, g, :, group.length - len(suffix) :]
+            kv.data[:, :, row, :, end - len(suffix) - c : end - len(suffix)] = group.data[
+                :, :, g, :, prefix_width - c : prefix_width]
+            kv.valid[row, end - len(suffix) - c : end] = True
+        self.stats.computed_tokens += sum(len(s) for s in suffixes)
+        self.stats.padded_tokens += len(prompts) * suffix_width
+        return logits
+
+    def _forward(self, input_ids, kv: _BatchKV, position_ids, new: int, logits_to_keep: int = 0) -> torch.Tensor:
         output = self.model(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            attention_mask=kv.attention_mask(new),
             position_ids=position_ids,
-            past_key_values=cache,
+            past_key_values=kv,
             use_cache=True,
             logits_to_keep=logits_to_keep,
         )
+        kv.length += new
         return output.logits[:, -1, :].float()
 
     def _append(self, row: _Row, token: int, logprob: float, stops: tuple[str, ...], stop_window: int) -> bool:
         """Record a sampled token; True when the row is finished."""
         row.token_ids.append(token)
         row.logprobs.append(logprob)
+        self.stats.generated_tokens += 1
         if token in self.eos_token_ids:
             row.finish_reason, row.stop_reason = "stop", "eos"
             return True
@@ -198,17 +556,3 @@ class HFEngine(Engine):
                 row.finish_reason, row.stop_reason = "stop", min(found)[1]
                 return True
         return len(row.token_ids) >= row.budget
-
-    @staticmethod
-    def _drop_shared_padding(cache: DynamicCache, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Cut the left columns that are padding in every remaining row (the long rows may have finished),
-        so that later steps attend over fewer positions. Only for plain dynamic layers, whose length is the
-        tensor length; positions are unaffected because they are passed explicitly."""
-        padding = int((attention_mask.sum(0) == 0).long().cumprod(0).sum())
-        if padding == 0 or not all(type(layer) is DynamicLayer for layer in cache.layers):
-            return attention_mask
-        for layer in cache.layers:
-            if layer.is_initialized:
-                layer.keys = layer.keys[:, :, padding:, :]
-                layer.values = layer.values[:, :, padding:, :]
-        return attention_mask[:, padding:]

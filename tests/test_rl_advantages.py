@@ -1,0 +1,125 @@
+"""rl/advantages.py against numbers worked out by hand: group normalisation, the dual-level weights of
+every weighting mode, and the reference's turn selection."""
+
+import math
+
+import pytest
+import torch
+
+from wideseek_exp.rl.advantages import AgentOutcome, group_advantages, select_turns, token_weights
+
+
+def close(actual: torch.Tensor, expected: list[float], tolerance: float = 1e-6) -> None:
+    assert actual.tolist() == pytest.approx(expected, rel=tolerance, abs=1e-12)
+
+
+# --------------------------------------------------------------------------------- group normalisation
+
+
+def test_advantage_is_the_reward_minus_the_group_mean_over_the_unbiased_std():
+    # mean 0.5; deviations 0.4, -0.2, -0.2, 0; unbiased variance 0.24 / 3 = 0.08, std 0.2828427
+    rewards = torch.tensor([[0.9, 0.3, 0.3, 0.5]], dtype=torch.float64)
+    std = math.sqrt(0.08)
+    close(group_advantages(rewards)[0], [0.4 / (std + 1e-6), -0.2 / (std + 1e-6), -0.2 / (std + 1e-6), 0.0])
+    assert group_advantages(rewards)[0, 0].item() == pytest.approx(1.4142086, rel=1e-6)
+
+
+def test_groups_are_normalised_separately():
+    rewards = torch.tensor([[1.0, 0.0], [0.2, 0.6]], dtype=torch.float64)
+    # each pair: deviations +-d, unbiased std sqrt(2 d^2) = d * sqrt(2): advantages +-1/sqrt(2)
+    advantages = group_advantages(rewards)
+    close(advantages[0], [1 / math.sqrt(2), -1 / math.sqrt(2)], tolerance=1e-5)
+    close(advantages[1], [-1 / math.sqrt(2), 1 / math.sqrt(2)], tolerance=1e-5)
+
+
+def test_a_group_with_equal_rewards_has_zero_advantages():
+    rewards = torch.tensor([[0.2, 0.2, 0.2, 0.2], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    assert group_advantages(rewards).abs().max().item() == 0.0
+
+
+def test_an_unscored_trajectory_is_left_out_of_the_baseline_and_gets_zero():
+    # scored 1, 0, 0.5: mean 0.5, unbiased std sqrt((0.25 + 0.25 + 0) / 2) = 0.5
+    rewards = torch.tensor([[1.0, math.nan, 0.0, 0.5]], dtype=torch.float64)
+    close(group_advantages(rewards)[0], [0.5 / 0.500001, 0.0, -0.5 / 0.500001, 0.0])
+    lonely = torch.tensor([[math.nan, 0.7, math.nan]], dtype=torch.float64)
+    assert group_advantages(lonely).abs().max().item() == 0.0
+
+
+# --------------------------------------------------------------------------------------------- weights
+
+# One step of T = 3 trajectories. Trajectory 0: a lead alone, 10 trained tokens. Trajectory 1: a lead
+# (4 tokens) and two subagents (6 and 10). Trajectory 2: one agent with nothing trained (as after turn
+# selection), and a padding-like empty row.
+ROW_TRAJECTORY = torch.tensor([0, 1, 1, 1, 2])
+ROW_TOKENS = torch.tensor([10, 4, 6, 10, 0])
+
+
+def test_paper_weight_is_one_over_T_N_L():
+    weights = token_weights("paper", ROW_TRAJECTORY, ROW_TOKENS, trajectories=3)
+    close(weights, [1 / 30, 1 / 36, 1 / 54, 1 / 90, 0.0])
+    # each trajectory's tokens weigh 1/T in total, however many agents it spawned
+    per_trajectory = torch.zeros(3, dtype=torch.float64).index_add_(0, ROW_TRAJECTORY, weights * ROW_TOKENS)
+    close(per_trajectory, [1 / 3, 1 / 3, 0.0])
+
+
+def test_one_agent_trajectories_reduce_to_a_mean_over_trajectories_of_token_means():
+    weights = token_weights("paper", torch.tensor([0, 1]), torch.tensor([5, 20]), trajectories=2)
+    close(weights, [1 / 10, 1 / 40])
+
+
+def test_token_mean_is_one_mean_over_every_trained_token():
+    close(token_weights("token_mean", ROW_TRAJECTORY, ROW_TOKENS, trajectories=3), [1 / 30] * 4 + [0.0])
+
+
+def test_agent_only_drops_the_token_level_for_the_mean_agent_length():
+    # mean L over the four trained rows = 30 / 4 = 7.5
+    weights = token_weights("agent_only", ROW_TRAJECTORY, ROW_TOKENS, trajectories=3)
+    close(weights, [1 / 22.5, 1 / 67.5, 1 / 67.5, 1 / 67.5, 0.0])
+
+
+def test_token_only_drops_the_agent_level_for_the_mean_agent_count():
+    # mean N over trajectories with trained agents = (1 + 3) / 2 = 2
+    weights = token_weights("token_only", ROW_TRAJECTORY, ROW_TOKENS, trajectories=3)
+    close(weights, [1 / 60, 1 / 24, 1 / 36, 1 / 60, 0.0])
+
+
+def test_a_step_with_nothing_to_train_has_zero_weights():
+    assert token_weights("paper", torch.tensor([0, 1]), torch.tensor([0, 0]), trajectories=2).tolist() == [0.0, 0.0]
+    assert token_weights("token_mean", torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long), 4).numel() == 0
+
+
+def test_unknown_weighting_is_refused():
+    with pytest.raises(ValueError, match="unknown weighting"):
+        token_weights("tokens", ROW_TRAJECTORY, ROW_TOKENS, trajectories=3)
+
+
+# -------------------------------------------------------------------------------------- turn selection
+
+OK = None
+
+
+def test_a_successful_trajectory_trains_every_agent_but_the_failed_subagents():
+    agents = [AgentOutcome(3, OK), AgentOutcome(2, OK), AgentOutcome(3, "turn_limit"),
+              AgentOutcome(2, "degenerate_repetition")]
+    assert select_turns(agents, succeeded=True) == [[True] * 3, [True] * 2, [False] * 3, [False] * 2]
+
+
+def test_a_failed_trajectory_trains_the_final_answer_and_the_agents_that_ran_out():
+    agents = [AgentOutcome(3, OK), AgentOutcome(2, "context_overflow"), AgentOutcome(4, OK)]
+    assert select_turns(agents, succeeded=False) == [[False, False, True], [True, True], [False] * 4]
+
+
+def test_a_repetition_failure_takes_precedence_and_only_its_last_turn_is_trained():
+    agents = [AgentOutcome(3, OK), AgentOutcome(3, "degenerate_repetition"), AgentOutcome(2, "turn_limit")]
+    assert select_turns(agents, succeeded=False) == [[False, False, True], [False, False, True], [False, False]]
+
+
+def test_a_lead_that_failed_trains_its_own_turns():
+    agents = [AgentOutcome(10, "turn_limit"), AgentOutcome(2, OK)]
+    assert select_turns(agents, succeeded=False) == [[True] * 10, [False] * 2]
+    # a lead whose prompt never fit has no turns at all
+    assert select_turns([AgentOutcome(0, "context_overflow")], succeeded=False) == [[]]
+
+
+def test_a_single_agent_answer_without_a_table_trains_that_answer():
+    assert select_turns([AgentOutcome(4, OK)], succeeded=False) == [[False, False, False, True]]

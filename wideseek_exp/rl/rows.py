@@ -1,0 +1,129 @@
+"""Trajectories become training rows: one row per agent, all of its turns packed into one sequence.
+
+An agent's context only grows by appending, so its whole history is one token sequence
+
+    prompt | reply 1 | follow-up 1 | reply 2 | follow-up 2 | ... | reply T
+
+where a follow-up is what the rollout appended after a reply (the tool-response wrapper, the tool or
+subagent result, the next generation prompt). A row keeps the initial prompt apart from the rest, in
+TRL's layout (prompt left-padded, completion right-padded), and marks in `trained_mask` the reply
+tokens of the turns selected for training; tool and subagent-result tokens are never trained. The
+sampling logprobs of the reply tokens ride along as the old policy of the importance ratio.
+
+Under DDP every rank must run the same number of forward/backward passes, and TRL splits a rank's rows
+into steps_per_generation equal micro-batches (dropping any remainder). So every rank pads its rows to
+one common count, a multiple of steps_per_generation, with padding rows of weight 0 (padded_row_count).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from wideseek_exp.agents.trajectory import AgentRun, Trajectory
+from wideseek_exp.rl.advantages import AgentOutcome, select_turns
+
+PADDING = -1  # the trajectory index of a padding row
+
+
+@dataclass
+class AgentRow:
+    trajectory: int  # index of the trajectory within the step (over all ranks); PADDING for a padding row
+    role: str  # lead | subagent | single | padding
+    prompt_ids: list[int]  # the agent's initial prompt
+    completion_ids: list[int]  # every reply and follow-up after it
+    trained_mask: list[int]  # 1 on the reply tokens of selected turns; aligned with completion_ids
+    sampling_logprobs: list[float]  # logprob of each reply token when it was sampled, 0.0 elsewhere
+    advantage: float = 0.0  # Â of the trajectory
+    weight: float = 0.0  # w of each trained token (advantages.token_weights)
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(self.trained_mask)
+
+
+def agent_row(agent: AgentRun, selected: Sequence[bool], trajectory: int) -> AgentRow:
+    completion: list[int] = []
+    trained: list[int] = []
+    logprobs: list[float] = []
+    for turn, train_it in zip(agent.turns, selected, strict=True):
+        completion += turn.response_ids + turn.followup_ids
+        trained += [int(train_it)] * len(turn.response_ids) + [0] * len(turn.followup_ids)
+        logprobs += list(turn.response_logprobs) + [0.0] * len(turn.followup_ids)
+    return AgentRow(trajectory, agent.role, list(agent.prompt_ids), completion, trained, logprobs)
+
+
+def trajectory_rows(trajectory: Trajectory, index: int, succeeded: bool, turn_selection: bool = True) -> list[AgentRow]:
+    """One row per agent (the root first). `succeeded`: the reward found a valid table from a lead that
+    finished. Without turn selection every reply of every agent is trained."""
+    agents = trajectory.agents
+    if turn_selection:
+        selected = select_turns([AgentOutcome(len(a.turns), a.failure) for a in agents], succeeded)
+    else:
+        selected = [[True] * len(a.turns) for a in agents]
+    return [agent_row(agent, chosen, index) for agent, chosen in zip(agents, selected)]
+
+
+def padding_row(pad_token_id: int) -> AgentRow:
+    """A row that costs one token and trains nothing (weight 0, empty completion)."""
+    return AgentRow(PADDING, "padding", [pad_token_id], [], [], [])
+
+
+def padded_row_count(row_counts: Sequence[int], multiple: int) -> int:
+    """The row count every rank pads to: the largest rank's count rounded up to a multiple of
+    `multiple` (steps_per_generation), and at least one row per micro-batch."""
+    largest = max(1, *row_counts) if row_counts else 1
+    return multiple * -(-largest // multiple)
+
+
+def collate(rows: Sequence[AgentRow], pad_token_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Rows as TRL's padded tensors (prompt left-padded, completion right-padded), plus the row's
+    trained mask, sampling logprobs, advantage, weight and trajectory index."""
+    count = len(rows)
+    prompt_width = max(len(row.prompt_ids) for row in rows)
+    completion_width = max(1, max(len(row.completion_ids) for row in rows))
+    prompt_ids = torch.full((count, prompt_width), pad_token_id, dtype=torch.long)
+    prompt_mask = torch.zeros((count, prompt_width), dtype=torch.long)
+    completion_ids = torch.full((count, completion_width), pad_token_id, dtype=torch.long)
+    completion_mask = torch.zeros((count, completion_width), dtype=torch.long)
+    trained_mask = torch.zeros((count, completion_width), dtype=torch.long)
+    sampling_logprobs = torch.zeros((count, completion_width), dtype=torch.float32)
+    for r, row in enumerate(rows):
+        prompt, completion = len(row.prompt_ids), len(row.completion_ids)
+        prompt_ids[r, prompt_width - prompt:] = torch.tensor(row.prompt_ids, dtype=torch.long)
+        prompt_mask[r, prompt_width - prompt:] = 1
+        if completion:
+            completion_ids[r, :completion] = torch.tensor(row.completion_ids, dtype=torch.long)
+            completion_mask[r, :completion] = 1
+            trained_mask[r, :completion] = torch.tensor(row.trained_mask, dtype=torch.long)
+            sampling_logprobs[r, :completion] = torch.tensor(row.sampling_logprobs, dtype=torch.float32)
+    batch = {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "trained_mask": trained_mask,
+        "old_per_token_logps": sampling_logprobs,
+        "advantages": torch.tensor([row.advantage for row in rows], dtype=torch.float32),
+        "loss_weights": torch.tensor([row.weight for row in rows], dtype=torch.float64),
+        "row_trajectory": torch.tensor([row.trajectory for row in rows], dtype=torch.long),
+    }
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def trim_padding_columns(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the columns that are padding in every row of this micro-batch (left of the prompts, right of
+    the completions): the step's batch is padded to its longest row, a micro-batch rarely needs that."""
+    prompt_used = batch["prompt_mask"].any(dim=0).nonzero()
+    completion_used = batch["completion_mask"].any(dim=0).nonzero()
+    prompt_start = int(prompt_used[0]) if len(prompt_used) else batch["prompt_mask"].shape[1] - 1
+    completion_end = int(completion_used[-1]) + 1 if len(completion_used) else 1
+    trimmed = dict(batch)
+    for key in ("prompt_ids", "prompt_mask"):
+        trimmed[key] = batch[key][:, prompt_start:]
+    for key in ("completion_ids", "completion_mask", "trained_mask", "old_per_token_logps", "ref_per_token_logps"):
+        if key in batch:
+            trimmed[key] = batch[key][:, :completion_end]
+    return trimmed

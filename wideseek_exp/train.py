@@ -1,0 +1,375 @@
+"""task=train: multi-agent GRPO (rl/) on the training split, evaluated on the test split as it goes.
+
+    python run.py task=train [trainer=debug] [model=...] [reward=...] [trainer.weighting=...]
+
+1. the train split of data= (trainer.train_split; table tasks: the reward scores tables);
+2. the policy (model=; LoRA with model.lora.enabled=true) and its tokenizer, the search backend, the
+   judge and the reward (reward=);
+3. MultiAgentGRPOTrainer (rl/trainer.py) with TRL's GRPOConfig built from trainer=: each step rolls out
+   trainer.tasks_per_step tasks x trainer.num_generations trajectories with the policy itself as the
+   engine (engine=hf), and takes one optimizer step;
+4. every trainer.eval_every steps and at the end, the policy is evaluated on trainer.eval_split with
+   task=eval's scorer and report (evaluate.py), logged to MLflow at that step, with a few whole
+   trajectories as artifacts;
+5. checkpoints every trainer.save_every steps in <job folder>/checkpoints (model, optimizer, scheduler,
+   RNG, trainer state with the data position); trainer.resume=true continues from the last one with the
+   same task order. Ctrl-C or a crash first saves the last finished step.
+
+Job folder: train_steps.jsonl (per step: every trajectory's reward, components, advantage, agents),
+eval/step_N/ (the evaluation files of task=eval), checkpoints/, final/ (the trained model or adapter).
+Per-step metrics go to the job's MLflow run (HF's own MLflow callback is off: report_to=none).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+
+from wideseek_exp import WideseekError
+from wideseek_exp.tracking import JobRun
+
+
+def run_train(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # TRL pings the hub when a trainer starts
+    check_train_config(cfg)
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType, broadcast_object_list
+    from datasets import Dataset
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from wideseek_exp.models.loader import resolve_device
+    from wideseek_exp.rl.reward import trajectory_reward
+    from wideseek_exp.rl.trainer import MultiAgentGRPOTrainer, RolloutSetup
+    from wideseek_exp.scoring import make_judge
+    from wideseek_exp.search.factory import make_search_backend
+
+    # The process group: gloo across CPU processes (torchrun), else what `accelerate launch` configured.
+    state = PartialState(cpu=resolve_device(cfg.engine.device).type == "cpu")
+    if state.distributed_type == DistributedType.FSDP:
+        raise WideseekError("FSDP shards every layer, so the ranks' rollouts (each a different number of forward "
+                            "passes) would wait on each other for ever; use conf/accelerate/zero3.yaml, which "
+                            "gathers the whole policy for the rollout")
+    folder = Path(out or Path(cfg.paths.outputs) / "train")
+    if state.num_processes > 1:  # every rank writes into rank 0's job folder
+        folder = Path(broadcast_object_list([str(folder)])[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoints = Path(cfg.trainer.checkpoint_dir) if cfg.trainer.checkpoint_dir else folder / "checkpoints"
+    resume_from = None
+    if cfg.trainer.resume:
+        resume_from = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        if resume_from is None:
+            raise WideseekError(f"trainer.resume=true but there is no checkpoint in {checkpoints}; point at the "
+                                "earlier run with hydra.run.dir=<its job folder> or trainer.checkpoint_dir=...")
+
+    with state.main_process_first():
+        if cfg.data.name == "miniweb" or cfg.search.name == "local" or cfg.model.source == "tiny":
+            from wideseek_exp.main import build_world
+
+            build_world(cfg, quiet=True)  # a no-op when everything is up to date
+    tasks = training_tasks(cfg)
+    model, tokenizer, bf16 = load_policy(cfg)
+    search = make_search_backend(cfg)
+    judge = make_judge(cfg.judge)
+    steps_log = folder / "train_steps.jsonl"
+
+    def record_step(step: int, trajectories: list[dict]) -> None:
+        with steps_log.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, "trajectories": trajectories}, ensure_ascii=False) + "\n")
+
+    setup = RolloutSetup(
+        tasks=tasks, search=search, agent_cfg=cfg.agent, search_cfg=cfg.search,
+        reward=partial(trajectory_reward, judge=judge, cfg=cfg.reward),
+        engine_factory=partial(hf_engine, max_batch_size=cfg.engine.max_batch_size,
+                               prefix_cache_mb=cfg.engine.prefix_cache_mb),
+        seed=cfg.seed, record_step=record_step,
+    )
+    dataset = Dataset.from_dict({"prompt": [task.query for task in tasks], "task_index": list(range(len(tasks)))})
+    trainer = MultiAgentGRPOTrainer(
+        model, grpo_config(cfg, checkpoints, state.num_processes, bf16), dataset, tokenizer, setup,
+        weighting=cfg.trainer.weighting, turn_selection=cfg.trainer.turn_selection,
+        dual_clip=cfg.trainer.dual_clip, forward_chunk_rows=cfg.trainer.micro_batch_rows,
+        peft_config=lora_config(cfg),
+    )
+    periodic_eval = PeriodicEval(partial(evaluate_policy, cfg, trainer, search, tracker, folder), cfg.trainer.eval_every)
+    trainer.remove_callback(PrinterCallback)  # StepMetrics prints one line per step instead of the whole dict
+    trainer.add_callback(StepMetrics(tracker))
+    trainer.add_callback(periodic_eval)
+    if state.is_main_process:
+        slots = cfg.trainer.tasks_per_step * cfg.trainer.num_generations
+        print(f"training on {len(tasks)} tasks: {cfg.trainer.max_steps} steps of {cfg.trainer.tasks_per_step} tasks "
+              f"x {cfg.trainer.num_generations} rollouts ({slots // state.num_processes} per process), "
+              f"weighting={cfg.trainer.weighting}, reward={cfg.reward.name} -> {folder}"
+              + (f"; resuming from {resume_from}" if resume_from else ""), flush=True)
+
+    started = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except BaseException:
+        try:
+            saved = trainer.save_checkpoint_now()
+        except Exception as error:  # the original failure matters more
+            print(f"could not save a checkpoint after the failure: {error}", file=sys.stderr)
+        else:
+            if saved is not None and state.is_main_process:
+                print(f"saved {saved}; continue with trainer.resume=true (same job folder)", file=sys.stderr)
+        raise
+    seconds = time.perf_counter() - started
+
+    step = trainer.state.global_step
+    # every rank takes the same branch: the evaluation has a barrier
+    final_eval = periodic_eval.results[step] if step in periodic_eval.results else periodic_eval.evaluate(step)
+    trainer.save_model(str(folder / "final"))
+    summary = {"steps": step, "train_seconds": seconds, "checkpoints": str(checkpoints),
+               "final_model": str(folder / "final"), "eval": final_eval}
+    if state.is_main_process:
+        tracker.log_dict(summary, "train_summary.json")
+        tracker.log_artifact(steps_log)
+        print(f"trained {step} steps in {seconds:.0f} s; model in {folder / 'final'}", flush=True)
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------- setup
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """What task=train needs beyond the schema; one line naming the key."""
+    if cfg.engine.name != "hf":
+        raise WideseekError(f"task=train generates with the policy being trained: engine=hf (got engine={cfg.engine.name}; "
+                            "weight sync to a separate vllm/openai engine is not implemented)")
+    if cfg.get("subagent_model") is not None:
+        raise WideseekError("task=train trains one shared policy for all roles: remove subagent_model")
+    if cfg.trainer.num_generations < 2:
+        raise WideseekError(f"config key 'trainer.num_generations' must be at least 2 for group-normalised "
+                            f"advantages (got {cfg.trainer.num_generations})")
+    if cfg.trainer.tasks_per_step < 1 or cfg.trainer.max_steps < 1:
+        raise WideseekError("config keys 'trainer.tasks_per_step' and 'trainer.max_steps' must be at least 1")
+    if cfg.agent.temperature <= 0:
+        raise WideseekError("config key 'agent.temperature' must be above 0 for training (sampled rollouts)")
+    if cfg.trainer.micro_batch_rows < 1:
+        raise WideseekError("config key 'trainer.micro_batch_rows' must be at least 1")
+    from wideseek_exp.rl.advantages import WEIGHTINGS
+
+    if cfg.trainer.weighting not in WEIGHTINGS:
+        raise WideseekError(f"config key 'trainer.weighting' must be one of {', '.join(WEIGHTINGS)} "
+                            f"(got {cfg.trainer.weighting!r})")
+
+
+def training_tasks(cfg: DictConfig) -> list:
+    from wideseek_exp.tasks.loaders import load_task_set
+
+    tasks = list(load_task_set(cfg.data, cfg.trainer.train_split))
+    tables = [task for task in tasks if task.is_table]
+    if len(tables) < len(tasks):
+        print(f"note: {len(tasks) - len(tables)} QA task(s) skipped: the reward scores table tasks", file=sys.stderr)
+    if len(tables) < cfg.trainer.tasks_per_step:
+        raise WideseekError(f"data={cfg.data.name} split={cfg.trainer.train_split} has {len(tables)} table tasks, "
+                            f"fewer than trainer.tasks_per_step={cfg.trainer.tasks_per_step}")
+    if len({task.instance_id for task in tables}) < len(tables):
+        raise WideseekError(f"data={cfg.data.name} split={cfg.trainer.train_split} repeats an instance_id")
+    return tables
+
+
+def load_policy(cfg: DictConfig):
+    """(model on CPU, tokenizer, bf16). Full fine-tuning keeps fp32 weights (an update of lr 1e-6 is
+    below bf16's resolution) and computes in bf16 on GPU through autocast; with LoRA the frozen base is
+    loaded in model.dtype (bf16 on GPU) and the adapters stay fp32."""
+    import torch
+
+    from wideseek_exp.engines.factory import model_location
+    from wideseek_exp.models.loader import load_model_and_tokenizer, resolve_device, resolve_dtype
+
+    device = resolve_device(cfg.engine.device)
+    compute_dtype = resolve_dtype(cfg.model.dtype, device)
+    weights_dtype = compute_dtype if cfg.model.lora.enabled else torch.float32
+    names = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+    model, tokenizer = load_model_and_tokenizer(
+        model_location(cfg.model), revision=cfg.model.revision, dtype=names[weights_dtype], device="cpu",
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
+    return model, tokenizer, device.type == "cuda" and compute_dtype == torch.bfloat16
+
+
+def lora_config(cfg: DictConfig):
+    if not cfg.model.lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    lora = cfg.model.lora
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+
+
+def grpo_config(cfg: DictConfig, output_dir: Path, processes: int, bf16: bool):
+    """TRL's GRPOConfig from trainer=. TRL counts rollout slots: B * G / processes per rank and optimizer
+    step, trainer.rollouts_per_micro_batch of them per micro-batch (see rl/trainer.py)."""
+    from trl import GRPOConfig
+
+    from wideseek_exp.models.loader import resolve_device
+
+    trainer = cfg.trainer
+    slots = trainer.tasks_per_step * trainer.num_generations
+    if slots % processes:
+        raise WideseekError(f"trainer.tasks_per_step x trainer.num_generations ({slots}) must be divisible by the "
+                            f"number of processes ({processes})")
+    per_process = slots // processes
+    per_micro_batch = trainer.rollouts_per_micro_batch or per_process  # 0: all of them at once
+    if per_micro_batch < 1 or per_process % per_micro_batch:
+        raise WideseekError(f"trainer.rollouts_per_micro_batch ({per_micro_batch}) must divide the rollouts of each "
+                            f"process (tasks_per_step x num_generations / processes = {per_process})")
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=per_micro_batch,
+        gradient_accumulation_steps=per_process // per_micro_batch,
+        steps_per_generation=per_process // per_micro_batch,
+        num_generations=trainer.num_generations,
+        num_iterations=1,  # on-policy: one optimizer step per batch of rollouts
+        max_steps=trainer.max_steps,
+        learning_rate=trainer.learning_rate,
+        lr_scheduler_type=trainer.lr_scheduler,
+        warmup_steps=0,
+        weight_decay=trainer.weight_decay,
+        adam_beta1=trainer.adam_beta1,
+        adam_beta2=trainer.adam_beta2,
+        max_grad_norm=trainer.max_grad_norm,
+        epsilon=trainer.epsilon_low,
+        epsilon_high=trainer.epsilon_high,
+        beta=trainer.beta,
+        temperature=cfg.agent.temperature,  # the policy's logprobs must be those of the sampling distribution
+        top_p=cfg.agent.top_p,
+        max_completion_length=cfg.agent.max_reply_tokens,
+        gradient_checkpointing=trainer.gradient_checkpointing,
+        bf16=bf16,
+        use_cpu=resolve_device(cfg.engine.device).type == "cpu",
+        logging_steps=1,
+        report_to="none",
+        disable_tqdm=True,
+        save_strategy="steps" if trainer.save_every > 0 else "no",
+        save_steps=max(trainer.save_every, 1),
+        save_total_limit=trainer.keep_checkpoints or None,
+        seed=cfg.seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        ddp_timeout=trainer.ddp_timeout_s,  # the other ranks wait while rank 0 evaluates
+    )
+
+
+def hf_engine(model, tokenizer, max_batch_size: int, prefix_cache_mb: float):
+    """The policy itself as the engine (the trainer empties its prefix cache before each rollout)."""
+    from wideseek_exp.engines.hf import HFEngine
+
+    return HFEngine(model, tokenizer, max_batch_size=max_batch_size, prefix_cache_mb=prefix_cache_mb)
+
+
+# --------------------------------------------------------------------------------------- MLflow and eval
+
+
+class _AtStep:
+    """The job's tracker with every metric logged at one training step and artifacts under one folder,
+    so that evaluate.py's report functions can be reused as they are."""
+
+    def __init__(self, tracker: JobRun, step: int, artifact_path: str):
+        self.tracker, self.step, self.artifact_path = tracker, step, artifact_path
+
+    def __getattr__(self, name):
+        return getattr(self.tracker, name)
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.tracker.log_metrics(metrics, step=self.step)
+
+    def log_artifact(self, path, artifact_path=None) -> None:
+        self.tracker.log_artifact(path, artifact_path or self.artifact_path)
+
+
+def evaluate_policy(cfg: DictConfig, trainer, search, tracker: JobRun, folder: Path, step: int) -> dict | None:
+    """The policy on trainer.eval_split (eval.limit tasks x eval.samples), scored and reported as task=eval
+    does, into <folder>/eval/step_N and MLflow at `step`. Rank 0 evaluates while the others wait."""
+    accelerator = trainer.accelerator
+    headline = None
+    with trainer.policy_for_generation():
+        if accelerator.is_main_process:
+            headline = _evaluate(cfg, trainer.policy_engine(), search, tracker, folder, step)
+    accelerator.wait_for_everyone()
+    return headline
+
+
+def _evaluate(cfg: DictConfig, engine, search, tracker: JobRun, folder: Path, step: int) -> dict:
+    from wideseek_exp.agents import RolloutStats, run_rollouts
+    from wideseek_exp.evaluate import (
+        eval_settings,
+        load_eval_tasks,
+        log_trajectory_samples,
+        rollout_metrics,
+        score_and_report,
+        trial_record,
+    )
+    from wideseek_exp.trialstore import TrialStore
+
+    eval_cfg = copy.deepcopy(cfg)
+    OmegaConf.update(eval_cfg, "data.split", cfg.trainer.eval_split)
+    tasks = load_eval_tasks(eval_cfg)
+    samples = cfg.eval.samples
+    step_folder = folder / "eval" / f"step_{step:06d}"
+    store = TrialStore(step_folder, {**eval_settings(eval_cfg), "train_step": step})
+    at_step = _AtStep(tracker, step, f"eval/step_{step:06d}")
+    print(f"evaluating step {step}: {len(tasks)} tasks x {samples} samples of split {cfg.trainer.eval_split}",
+          flush=True)
+    stats, started, generated = RolloutStats(), time.perf_counter(), 0
+
+    def finished(trajectory) -> None:
+        nonlocal generated
+        store.add(trial_record(trajectory), trajectory.to_dict())
+        generated += sum(trajectory.generated_tokens.values())
+
+    run_rollouts(tasks, samples, engine, search, engine.tokenizer, cfg.agent, cfg.search, cfg.seed,
+                 on_trajectory=finished, stats=stats, skip=store.done,
+                 max_active_trajectories=cfg.eval.max_active_trajectories)
+    seconds = time.perf_counter() - started
+    report = score_and_report(eval_cfg, tasks, store.trials, samples, step_folder, at_step)
+    trials = [store.trials[(t.instance_id, s)] for t in tasks for s in range(samples) if store.done(t.instance_id, s)]
+    at_step.log_metrics({f"eval.rollout.{k}": v for k, v in rollout_metrics(trials, seconds, generated, stats).items()})
+    log_trajectory_samples(store, at_step, step_folder)
+    return report.headline()
+
+
+class StepMetrics(TrainerCallback):
+    """Everything the trainer logs at a step (rl/trainer.py's metrics, TRL's loss, grad_norm,
+    learning_rate, step_time) into the job's MLflow run at that step."""
+
+    def __init__(self, tracker: JobRun):
+        self.tracker = tracker
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        numbers = {name: float(value) for name, value in logs.items()
+                   if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)}
+        self.tracker.log_metrics(numbers, step=state.global_step)
+        if "reward/mean" in numbers:
+            get = numbers.get
+            print(f"step {state.global_step}/{state.max_steps}: reward {get('reward/mean', 0):.3f} "
+                  f"(valid {get('reward/valid_fraction', 0):.2f}, item F1 {get('score/item_f1', 0):.3f}), "
+                  f"agents/trajectory {get('trajectory/agents', 0):.1f}, rows in loss {get('rows/in_loss', 0):.0f}, "
+                  f"loss {get('loss', 0):.4g}, grad norm {get('grad_norm', 0):.3g}, {get('step_time', 0):.1f} s",
+                  flush=True)
+
+
+class PeriodicEval(TrainerCallback):
+    """evaluate(step) every `every` steps (0: never); the headline of each, by step, in `results`."""
+
+    def __init__(self, evaluate, every: int):
+        self.evaluate, self.every = evaluate, every
+        self.results: dict[int, dict | None] = {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.every > 0 and state.global_step % self.every == 0:
+            self.results[state.global_step] = self.evaluate(state.global_step)
