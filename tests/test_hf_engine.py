@@ -1,12 +1,17 @@
-"""HFEngine against transformers itself: greedy decoding, logprobs, seeding, stops, limits, ordering."""
+"""HFEngine against transformers itself: greedy decoding, logprobs, seeding, stops, limits, ordering; and its
+prefix cache against the same engine without one."""
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
+import wideseek_exp.conf  # noqa: F401  (registers the config schema)
 from wideseek_exp import WideseekError
 from wideseek_exp.engines.base import SamplingParams
+from wideseek_exp.engines.factory import make_engine
 from wideseek_exp.engines.hf import HFEngine
 from wideseek_exp.models.loader import load_model_and_tokenizer
 from wideseek_exp.models.tiny import build_tiny_model
@@ -24,11 +29,16 @@ GREEDY = SamplingParams(max_new_tokens=24, temperature=0.0)
 
 
 @pytest.fixture(scope="module")
-def model_and_tokenizer(tmp_path_factory):
+def tiny_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("engine") / "tiny"
     rng = random.Random(0)
     build_tiny_model(folder, ARCH, [" ".join(rng.choices(TEXTS, k=3)) for _ in range(200)])
-    model, tokenizer = load_model_and_tokenizer(str(folder), device="cpu")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_folder):
+    model, tokenizer = load_model_and_tokenizer(str(tiny_folder), device="cpu")
     # At the default init scale a random model just repeats the last token, which would hide padding
     # and position bugs; large weights make every output depend on the whole prompt.
     generator = torch.Generator().manual_seed(0)
@@ -202,6 +212,18 @@ def test_prefix_cache_eviction_keeps_outputs_right(model_and_tokenizer, prompts)
     assert engine.stats.cached_tokens > 0
 
 
+@pytest.mark.parametrize("megabytes", [0, 8])
+def test_the_engine_config_sizes_the_prefix_cache(tiny_folder, megabytes):
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent.parent / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"model.path={tiny_folder}", "engine.device=cpu",
+                                                       f"engine.prefix_cache_mb={megabytes}"])
+    engine = make_engine(cfg)
+    if megabytes:
+        assert engine.prefix_cache.max_bytes == megabytes * 2**20
+    else:
+        assert engine.prefix_cache is None
+
+
 def test_prefix_cache_disabled(model_and_tokenizer, prompts):
     model, tokenizer = model_and_tokenizer
     engine = HFEngine(model, tokenizer, prefix_cache_mb=0)
@@ -216,16 +238,20 @@ def test_prefix_cache_is_dropped_when_the_weights_change(model_and_tokenizer, pr
     engine = HFEngine(model, tokenizer, prefix_cache_mb=16)
     first = engine.generate(prompts[:2], GREEDY)
     second = [p + c.token_ids for p, c in zip(prompts[:2], first)]
-    weight = model.get_output_embeddings().weight
-    saved = weight.detach().clone()
+    saved = {name: p.detach().clone() for name, p in model.named_parameters()}
     try:
-        with torch.no_grad():
-            weight.mul_(1.5)  # an optimizer step, in place
+        # A training step with a fused optimizer, which does not even bump the parameters' version counters.
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)
+        ids = torch.tensor([second[0]])
+        model(ids, labels=ids).loss.backward()
+        optimizer.step()
+        model.zero_grad()
         expected = HFEngine(model, tokenizer).generate(second, GREEDY)
         assert_same(expected, engine.generate(second, GREEDY))
     finally:
         with torch.no_grad():
-            weight.copy_(saved)
+            for name, parameter in model.named_parameters():
+                parameter.copy_(saved[name])
 
 
 def test_entries_a_prompt_extends_are_dropped_others_kept(model_and_tokenizer, prompts):

@@ -115,7 +115,7 @@ def run_width(cfg, raw, tokenizer, search, tasks, width: int, gen_tokens: int) -
     assert all(t.subagent_count == width and t.table_found for t in trajectories), "the script did not run through"
     assert all(len(s.turns) == 4 for t in trajectories for s in t.subagents())
     requests = sum(len(prompts) for prompts, _ in engine.calls)
-    return {"wall": wall, "calls": engine.calls, "requests": requests, "tokens": requests * gen_tokens, "engine": raw.stats,
+    return {"wall": wall, "calls": engine.calls, "requests": requests, "tokens": requests * gen_tokens, "engine": replace(raw.stats),
             "batches": [len(prompts) for prompts, _ in engine.calls],
             "prompt_tokens": sum(len(p) for prompts, _ in engine.calls for p in prompts)}
 

@@ -4,17 +4,19 @@ Why not `model.generate`: the rollout needs the logprob of each sampled token un
 distribution (before top-p truncation), stop strings that end a row right after their tokens, and
 rows that leave the batch as soon as they finish. The loop is small enough to own.
 
-Prefix caching (as vLLM does): an agent's next prompt is its last prompt + the reply + a follow-up, so
-when a row finishes its KV (prompt + reply, less the last token) is kept in a `PrefixCache`, and a later
-prompt that starts with those tokens reuses them and prefills only its new suffix. Rows of one call that
-share a long prefix (one task's samples, subagents with the same system prompt) prefill it only once.
+Prefix caching (as vLLM does): an agent's next prompt is its previous prompt + reply + a follow-up. When
+a row finishes, its KV (prompt + reply, less the last sampled token, which has none yet) goes into a
+`PrefixCache`; a later prompt sharing a prefix with an entry copies those KV and prefills only the rest.
+Rows of one call that share a long prefix (one task's samples, subagents with one system prompt) prefill it
+once. The cache is emptied whenever the weights have changed (a policy being trained).
 
-Layout of a batch (one `_BatchKV`): row b's tokens are contiguous and end in column `width` (the longest
-prompt) after prefill, left-padded; decode appends columns in place. Prefill runs in groups of rows with
-similar suffix lengths: a group's cache holds each row's cached prefix right-aligned to a common column C,
-then the group's suffixes, left-padded, so a row has pads before its prefix and between prefix and suffix.
-The 4D attention mask hides every pad, and position ids continue each row's own sequence (cached keys are
-already rotated). The group's KV is then copied, compacted, into the batch.
+A batch's KV (`_BatchKV`) is one preallocated tensor written in place (DynamicCache would copy the whole
+cache at every decode step). After prefill each row's tokens are contiguous and end in the same column,
+left-padded; decode appends columns. Prefill runs in groups of rows with similar uncached-suffix lengths: a
+group's cache holds each row's cached prefix right-aligned to a common column, then the suffixes, left-padded,
+so a row has pads before its prefix and between prefix and suffix. The 4D additive mask hides every pad, and
+position ids continue each row's own sequence (cached keys are already rotated). The group's KV is then
+copied, compacted, into the batch.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ _GROUP_PADDING = 0.25
 _GROUP_SLACK_TOKENS = 32
 # A prefix shared by rows of one call is prefilled once if it saves at least this many tokens per row.
 _MIN_SHARED_TOKENS = 32
+# Elements of each parameter compared to tell whether the weights changed since the cache was filled.
+_WEIGHT_SAMPLES = 32
 
 
 def sample_next_tokens(
@@ -169,12 +173,15 @@ class _BatchKV(Cache):
         valid[:, : self.length] = self.valid[:, : self.length]
         self.data, self.valid = data, valid
 
-    def attention_mask(self, new: int) -> torch.Tensor:
+    def attention_mask(self, new: int) -> torch.Tensor | None:
         """[row, 1, query, key] for a forward over the next `new` columns: each query sees the real tokens up to
         its own column, and itself even when it is a pad (so that no row of the mask is empty). Additive (0 or
-        the dtype's minimum), as sdpa would otherwise convert a boolean mask again in every layer."""
+        the dtype's minimum), as sdpa would otherwise convert a boolean mask again in every layer. None for a
+        decode step without pads (one row, or rows of equal length): sdpa's unmasked path is quicker."""
         columns = self.length + new
         if new == 1:  # decode: the new column is real in every row
+            if bool(self.valid[:, : self.length].all()):
+                return None
             seen = self.valid[:, None, None, :columns]
         else:
             query = torch.arange(self.length, columns, device=self.valid.device)[:, None]
@@ -228,14 +235,19 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def lookup(self, prompt: np.ndarray) -> tuple[_Entry | None, int]:
-        """(entry, how many of the prompt's first tokens it holds), leaving at least the last prompt token to
-        compute: its logits start the reply."""
+    def longest_match(self, prompt: np.ndarray) -> tuple[int | None, int]:
+        """(key of the entry sharing the longest prefix with `prompt`, that length)."""
         best_key, best = None, 0
         for key, entry in self.entries.items():
             length = common_prefix_length(entry.token_ids, prompt)
             if length > best:
                 best_key, best = key, length
+        return best_key, best
+
+    def lookup(self, prompt: np.ndarray) -> tuple[_Entry | None, int]:
+        """(entry, how many of the prompt's first tokens it holds), leaving at least the last prompt token to
+        compute: its logits start the reply."""
+        best_key, best = self.longest_match(prompt)
         if best_key is None:
             return None, 0
         entry = self.entries[best_key]
@@ -325,7 +337,7 @@ class HFEngine(Engine):
             eos.update([generation_eos] if isinstance(generation_eos, int) else generation_eos)
         self.eos_token_ids = frozenset(eos)
         self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
-        self._weights_seen: tuple | None = None
+        self._weights_seen: torch.Tensor | None = None
         self.stats = EngineStats()
 
     # ---- public ----
@@ -346,7 +358,9 @@ class HFEngine(Engine):
             with torch.inference_mode(), self._attention():
                 if self.prefix_cache is not None:
                     self._forget_stale_cache()
+                    started = time.perf_counter()
                     self._prefill_shared_prefixes([prompts[i] for i in live])
+                    self.stats.prefill_s += time.perf_counter() - started
                 for start in range(0, len(live), self.max_batch_size):
                     chunk = live[start : start + self.max_batch_size]
                     self._generate_batch([prompts[i] for i in chunk], [rows[i] for i in chunk], sampling, generator)
@@ -392,10 +406,16 @@ class HFEngine(Engine):
             config._attn_implementation = previous
 
     def _forget_stale_cache(self) -> None:
-        """Cached KV is only valid for the weights that computed it. An optimizer step or a weight load
-        changes parameters in place (their version counter moves) or replaces them (new storage)."""
-        weights = tuple((p.data_ptr(), p._version) for p in self.model.parameters())
-        if weights != self._weights_seen:
+        """Cached KV is only valid for the weights that computed it, and the policy may have been trained since
+        the last call. Compared: a few elements spread over every parameter, by value (fused optimizers do not
+        even bump a tensor's version counter); a training step moves all of them, a step that changes nothing
+        (all gradients zero) rightly keeps the cache."""
+        samples = []
+        for parameter in self.model.parameters():
+            flat = parameter.detach().reshape(-1)
+            samples.append(flat[:: max(1, flat.numel() // _WEIGHT_SAMPLES)][:_WEIGHT_SAMPLES].float())
+        weights = torch.cat(samples)
+        if self._weights_seen is None or not torch.equal(weights, self._weights_seen):
             self.prefix_cache.clear()
             self._weights_seen = weights
 
@@ -410,7 +430,8 @@ class HFEngine(Engine):
         seeds = set()
         for prompt, length in zip(ordered, shared):
             length = min(length, len(prompt) - 1)  # the row still computes its last token
-            if length >= _MIN_SHARED_TOKENS and length - self._cached_length(prompt[:length]) >= _MIN_SHARED_TOKENS:
+            cached = self.prefix_cache.longest_match(prompt[:length])[1]
+            if length - cached >= _MIN_SHARED_TOKENS:
                 seeds.add(tuple(prompt[:length].tolist()))
         # A seed that is a prefix of another is served by the longer one (it sorts right before an extension).
         seeds = sorted(seeds)
@@ -420,12 +441,6 @@ class HFEngine(Engine):
             kv = self._prefill(seeds, [self._lookup(s) for s in seeds], extra=0)[0]
             for b, seed in enumerate(seeds):
                 self.prefix_cache.store(seed, kv.row(b, kv.length - len(seed), kv.length))
-
-    def _cached_length(self, prompt: np.ndarray) -> int:
-        best = 0
-        for entry in self.prefix_cache.entries.values():
-            best = max(best, common_prefix_length(entry.token_ids, prompt))
-        return best
 
     def _generate_batch(
         self, prompts: list[list[int]], rows: list[_Row], sampling: SamplingParams, generator: torch.Generator
