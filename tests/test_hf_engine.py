@@ -254,7 +254,7 @@ def test_prefix_cache_is_dropped_when_the_weights_change(model_and_tokenizer, pr
                 parameter.copy_(saved[name])
 
 
-def test_entries_a_prompt_extends_are_dropped_others_kept(model_and_tokenizer, prompts):
+def test_an_entry_is_dropped_when_a_new_one_extends_it(model_and_tokenizer, prompts):
     model, tokenizer = model_and_tokenizer
     engine = HFEngine(model, tokenizer, max_batch_size=2, prefix_cache_mb=16)
     first = engine.generate(prompts[:3], GREEDY)
@@ -270,3 +270,6 @@ def test_entries_a_prompt_extends_are_dropped_others_kept(model_and_tokenizer, p
     second = engine.generate([continued, other], GREEDY)
     assert stored() == {entries[1], entries[2], tuple(continued + second[0].token_ids[:-1]),
                         tuple(other + second[1].token_ids[:-1])}
+    # The same request again stores the same entry again: it replaces the first copy.
+    engine.generate([continued], GREEDY)
+    assert len(engine.prefix_cache) == 4
