@@ -55,10 +55,11 @@ def run_train(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
 
     # The process group: gloo across CPU processes (torchrun), else what `accelerate launch` configured.
     state = PartialState(cpu=resolve_device(cfg.engine.device).type == "cpu")
-    if state.distributed_type == DistributedType.FSDP:
-        raise WideseekError("FSDP shards every layer, so the ranks' rollouts (each a different number of forward "
-                            "passes) would wait on each other for ever; use conf/accelerate/zero3.yaml, which "
-                            "gathers the whole policy for the rollout")
+    if state.distributed_type == DistributedType.FSDP and state.fsdp_plugin.fsdp_version != 2:
+        # The rollout generates with the policy gathered whole (rl/trainer.py: fsdp2_gathered); FSDP1 would
+        # gather inside each forward pass, which the ranks' unequal rollouts cannot keep in step.
+        raise WideseekError("task=train supports FSDP version 2 only (fsdp_version: 2 in the accelerate config, "
+                            "as in conf/accelerate/fsdp.yaml)")
     folder = Path(out or Path(cfg.paths.outputs) / "train")
     if state.num_processes > 1:  # every rank writes into rank 0's job folder
         folder = Path(broadcast_object_list([str(folder)])[0])

@@ -39,7 +39,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,12 +172,16 @@ class MultiAgentGRPOTrainer(GRPOTrainer):
             clear_prefix_cache()
         return self._engine
 
+    @contextmanager
     def policy_for_generation(self):
-        """Context for generating with the policy: TRL's unwrap, which gathers ZeRO-3 shards so that every
-        rank can run its own, differently long rollouts without collective calls."""
-        return unwrap_model_for_generation(self.model_wrapped, self.accelerator,
-                                           gather_deepspeed3_params=self.args.ds3_gather_for_generation,
-                                           gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs)
+        """Context for generating with the policy. Every rank runs its own, differently long rollout, so no
+        forward pass may need the other ranks: TRL's unwrap gathers ZeRO-3 shards, and under FSDP2 the whole
+        policy is gathered once here (one collective per step) and its forward passes stay local."""
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
+                                         gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                                         gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs) as model:
+            with fsdp2_gathered(self.model_wrapped):
+                yield model
 
     def _get_train_sampler(self, dataset=None):
         dataset = self.train_dataset if dataset is None else dataset
@@ -403,3 +407,36 @@ def step_metrics(summaries: list[dict], advantages: torch.Tensor) -> dict[str, f
     for role in roles:
         metrics[f"tokens/{role}"] = sum(s["generated_tokens"].get(role, 0) for s in summaries) / count
     return metrics
+
+
+@contextmanager
+def fsdp2_gathered(model: torch.nn.Module):
+    """Hold every FSDP2-sharded parameter of `model` whole until the context ends (a no-op without FSDP2).
+
+    FSDP2 all-gathers a layer's shards inside each forward pass, a collective that every rank must join;
+    the multi-agent rollout runs a data-dependent number of forward passes per rank, which would leave
+    the ranks waiting on each other. Unsharded once, with resharding after forward switched off, the
+    forward passes are local (the memory of ZeRO-3's gather for generation)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded = [module for module in model.modules() if isinstance(module, FSDPModule)]
+    if not sharded:
+        yield
+        return
+    reshards = [_reshards_after_forward(module) for module in sharded]
+    for module in sharded:
+        module.set_reshard_after_forward(False, recurse=False)
+    for module in sharded:
+        module.unshard()
+    try:
+        yield
+    finally:
+        for module, reshard in zip(sharded, reshards):
+            module.reshard()
+            module.set_reshard_after_forward(reshard, recurse=False)
+
+
+def _reshards_after_forward(module) -> bool:
+    """The module's own setting (FSDP2 keeps it as the mesh info it reshards to after forward)."""
+    group = module._get_fsdp_state()._fsdp_param_group
+    return group is None or group.post_forward_mesh_info is not None
