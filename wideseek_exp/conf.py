@@ -144,8 +144,8 @@ class SearchConfig:
     search_url: str = "https://google.serper.dev/search"
     search_api_key_env: str = "SERPER_API_KEY"
     reader_url: str = "https://r.jina.ai/"
-    reader_api_key_env: str = "JINA_API_KEY"
-    cache_path: str = "${paths.generated}/web_cache.sqlite"
+    reader_api_key_env: str | None = "JINA_API_KEY"  # null: a reader that needs no key
+    cache_path: str | None = "${paths.generated}/web_cache.sqlite"  # shared by workers; null: no cache
     # server (HTTP client, and the address task=serve_search listens on)
     server_url: str = "http://127.0.0.1:8765"
     host: str = "127.0.0.1"

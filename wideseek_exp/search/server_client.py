@@ -38,7 +38,7 @@ class ServerBackend(SearchBackend):
                 return reply.json()
             problem = f"HTTP {reply.status_code}"
         except (TransientError, ValueError) as error:
-            problem = str(error).split(" (Caused by")[0]
+            problem = str(error).split(":")[0]  # the kind of failure; urllib3's details run to many lines
         raise WideseekError(f"no search server answers at {self.url} (search.server_url): {problem}; "
                             "start one with `python run.py task=serve_search`")
 
