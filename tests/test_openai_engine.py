@@ -10,8 +10,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from scripted_engine import tiny_tokenizer
+
 from wideseek_exp import WideseekError
 from wideseek_exp.engines.base import SamplingParams
 from wideseek_exp.engines.openai import OpenAIEngine

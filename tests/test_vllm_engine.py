@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-
 from scripted_engine import tiny_tokenizer, world_config
+
 from wideseek_exp import WideseekError
 from wideseek_exp.engines.base import SamplingParams
 from wideseek_exp.engines.vllm import completion_from_output

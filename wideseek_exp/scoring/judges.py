@@ -18,7 +18,6 @@ import os
 import re
 import tempfile
 import threading
-import time
 import unicodedata
 from abc import ABC, abstractmethod
 from pathlib import Path
