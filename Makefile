@@ -5,8 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
+GPUS ?= 8
+ACCEL ?= zero3
 
-.PHONY: setup run test test-fast sweep lint clean-generated
+.PHONY: setup run test test-fast sweep train-multi lint clean-generated
 
 setup: $(STAMP)
 
@@ -32,6 +34,14 @@ test-fast: setup
 # A width sweep of the default configuration (one MLflow child run per width).
 sweep: setup
 	$(PY) run.py +exp=width_sweep -m $(ARGS)
+
+# Multi-GPU training on one machine: one process per GPU through accelerate, with the parallelism of
+# conf/accelerate/$(ACCEL).yaml (ddp, zero2, zero3; fsdp is refused by task=train). Needs the GPU stack
+# (README: GPU set-up), so it does not run `setup`, which installs the CPU one.
+#   make train-multi GPUS=8 ACCEL=zero3 ARGS="+exp=reproduce_training data.path=... hydra.run.dir=outputs/train/NAME"
+train-multi:
+	$(VENV)/bin/accelerate launch --config_file conf/accelerate/$(ACCEL).yaml --num_processes $(GPUS) \
+		run.py task=train $(ARGS)
 
 lint: setup
 	$(PY) -m ruff check .

@@ -119,14 +119,19 @@ class EngineConfig:
     # vllm
     gpu_memory_utilization: float = 0.5
     tensor_parallel_size: int = 1
-    enable_sleep_mode: bool = False
+    enable_sleep_mode: bool = False  # training: free vLLM's GPU memory while gradients are computed
+    max_model_len: int | None = None  # vLLM's context (null: the model's); bounds the KV memory it reserves
     # openai-compatible HTTP
     base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    served_model_name: str | None = None
-    max_concurrency: int = 32
-    timeout_s: float = 600.0
-    max_retries: int = 5
+    api_key_env: str = "OPENAI_API_KEY"  # a local server needs no key: an unset variable sends none
+    served_model_name: str | None = None  # the server's name for the model (null: model.path)
+    # token_ids: prompts and replies as token ids with logprobs (vllm serve, SGLang);
+    # text: hosted APIs, which take and return text only (replies re-tokenised, logprobs NaN)
+    prompt_format: str = "token_ids"
+    max_concurrency: int = 32  # requests in flight at once
+    timeout_s: float = 600.0  # per request
+    max_retries: int = 5  # on network errors, timeouts, 408, 429 and 5xx
+    retry_wait_s: float = 1.0  # the first wait before a retry; it doubles each time (at most 60 s)
 
 
 @dataclass
@@ -139,15 +144,16 @@ class SearchConfig:
     search_url: str = "https://google.serper.dev/search"
     search_api_key_env: str = "SERPER_API_KEY"
     reader_url: str = "https://r.jina.ai/"
-    reader_api_key_env: str = "JINA_API_KEY"
-    cache_path: str = "${paths.generated}/web_cache.sqlite"
+    reader_api_key_env: str | None = "JINA_API_KEY"  # null: a reader that needs no key
+    cache_path: str | None = "${paths.generated}/web_cache.sqlite"  # shared by workers; null: no cache
     # server (HTTP client, and the address task=serve_search listens on)
     server_url: str = "http://127.0.0.1:8765"
     host: str = "127.0.0.1"
     port: int = 8765
-    max_concurrency: int = 16
-    timeout_s: float = 30.0
-    max_retries: int = 5
+    max_concurrency: int = 16  # web/server: requests in flight at once
+    timeout_s: float = 30.0  # per request
+    max_retries: int = 5  # on network errors, timeouts, 408, 429 and 5xx
+    retry_wait_s: float = 1.0  # the first wait before a retry; it doubles each time (at most 60 s)
 
 
 @dataclass

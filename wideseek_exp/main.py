@@ -147,9 +147,31 @@ def task_train(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
     return run_train(cfg, tracker, out)
 
 
+def task_serve_search(cfg: DictConfig, tracker: JobRun, out: Path | None) -> None:
+    """Serve the configured backend over HTTP until interrupted (wideseek_exp.search.server)."""
+    from wideseek_exp.search.factory import make_search_backend
+    from wideseek_exp.search.server import SearchServer
+
+    if cfg.search.name == "server":
+        raise WideseekError("task=serve_search serves a backend: choose search=local or search=web "
+                            "(search=server is the client of such a server)")
+    if cfg.search.name == "local":
+        build_world(cfg, quiet=True)  # a no-op when everything is up to date
+    server = SearchServer(make_search_backend(cfg), cfg.search.host, cfg.search.port, default_top_k=cfg.search.top_k)
+    print(f"serving search={cfg.search.name} at {server.url} (POST /retrieve, POST /access, GET /health); "
+          f"clients: search=server search.server_url={server.url}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("search server stopped", flush=True)
+    finally:
+        server.shutdown()
+
+
 TASKS: dict[Task, Callable[[DictConfig, JobRun, Path | None], object]] = {
     Task.build: task_build,
     Task.eval: task_eval,
     Task.score: task_score,
     Task.train: task_train,
+    Task.serve_search: task_serve_search,
 }

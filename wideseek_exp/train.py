@@ -90,8 +90,9 @@ def run_train(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
     setup = RolloutSetup(
         tasks=tasks, search=search, agent_cfg=cfg.agent, search_cfg=cfg.search,
         reward=partial(trajectory_reward, judge=judge, cfg=cfg.reward),
-        engine_factory=partial(hf_engine, max_batch_size=cfg.engine.max_batch_size,
-                               prefix_cache_mb=cfg.engine.prefix_cache_mb),
+        engine_factory=(partial(colocated_vllm_engine, cfg) if cfg.engine.name == "vllm" else
+                        partial(hf_engine, max_batch_size=cfg.engine.max_batch_size,
+                                prefix_cache_mb=cfg.engine.prefix_cache_mb)),
         seed=cfg.seed, record_step=record_step,
     )
     dataset = Dataset.from_dict({"prompt": [task.query for task in tasks], "task_index": list(range(len(tasks)))})
@@ -144,9 +145,12 @@ def run_train(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
 
 def check_train_config(cfg: DictConfig) -> None:
     """What task=train needs beyond the schema; one line naming the key."""
-    if cfg.engine.name != "hf":
-        raise WideseekError(f"task=train generates with the policy being trained: engine=hf (got engine={cfg.engine.name}; "
-                            "weight sync to a separate vllm/openai engine is not implemented)")
+    if cfg.engine.name not in ("hf", "vllm"):
+        raise WideseekError(f"task=train generates with the policy being trained: engine=hf or engine=vllm (got "
+                            f"engine={cfg.engine.name}; a remote server cannot take the new weights every step)")
+    if cfg.engine.name == "vllm" and cfg.model.lora.enabled:
+        raise WideseekError("engine=vllm takes the policy's full weights every step; with model.lora.enabled=true "
+                            "use engine=hf")
     if cfg.get("subagent_model") is not None:
         raise WideseekError("task=train trains one shared policy for all roles: remove subagent_model")
     if cfg.trainer.num_generations < 2:
@@ -269,6 +273,14 @@ def hf_engine(model, tokenizer, max_batch_size: int, prefix_cache_mb: float):
     from wideseek_exp.engines.hf import HFEngine
 
     return HFEngine(model, tokenizer, max_batch_size=max_batch_size, prefix_cache_mb=prefix_cache_mb)
+
+
+def colocated_vllm_engine(cfg: DictConfig, model, tokenizer):
+    """vLLM in this process with its own copy of the weights; the trainer syncs the policy into it before
+    every rollout (VLLMEngine.sync_weights)."""
+    from wideseek_exp.engines.factory import vllm_engine
+
+    return vllm_engine(cfg, cfg.model, colocated=True)
 
 
 # --------------------------------------------------------------------------------------- MLflow and eval

@@ -1,7 +1,8 @@
-"""Build the configured engine (engine=hf today; vllm and openai plug in here)."""
+"""Build the configured engine: hf (transformers in this process), vllm (in this process, GPU) or openai (HTTP)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -33,4 +34,40 @@ def make_engine(cfg: DictConfig, model_cfg: DictConfig | None = None) -> Engine:
         )
         return HFEngine(model, tokenizer, max_batch_size=cfg.engine.max_batch_size,
                         prefix_cache_mb=cfg.engine.prefix_cache_mb)
-    raise WideseekError(f"engine={cfg.engine.name} is not available in this version (available: hf)")
+    if cfg.engine.name == "openai":
+        return openai_engine(cfg.engine, model_cfg)
+    if cfg.engine.name == "vllm":
+        return vllm_engine(cfg, model_cfg)
+    raise WideseekError(f"unknown engine {cfg.engine.name!r} (available: hf, vllm, openai)")
+
+
+def openai_engine(engine_cfg: DictConfig, model_cfg: DictConfig) -> Engine:
+    from wideseek_exp.engines.openai import OpenAIEngine
+    from wideseek_exp.models.loader import load_tokenizer
+
+    if not engine_cfg.base_url:
+        raise WideseekError("engine=openai needs the server's address: set engine.base_url=http://HOST:PORT/v1")
+    # A local server needs no key; a hosted API answers 401 without one, and the error names the URL.
+    api_key = os.environ.get(engine_cfg.api_key_env) if engine_cfg.api_key_env else None
+    tokenizer = load_tokenizer(model_location(model_cfg), revision=model_cfg.revision,
+                               trust_remote_code=model_cfg.trust_remote_code)
+    return OpenAIEngine(
+        tokenizer, engine_cfg.base_url, engine_cfg.served_model_name or str(model_cfg.path), api_key,
+        max_concurrency=engine_cfg.max_concurrency, timeout_s=engine_cfg.timeout_s, max_retries=engine_cfg.max_retries,
+        retry_wait_s=engine_cfg.retry_wait_s, prompt_format=engine_cfg.prompt_format,
+    )
+
+
+def vllm_engine(cfg: DictConfig, model_cfg: DictConfig, colocated: bool = False) -> Engine:
+    from wideseek_exp.engines.vllm import VLLMEngine, import_vllm
+    from wideseek_exp.models.loader import load_tokenizer
+
+    import_vllm()  # before loading anything: a machine without vLLM gets its one-line hint at once
+    location = model_location(model_cfg)
+    tokenizer = load_tokenizer(location, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code)
+    return VLLMEngine(
+        location, tokenizer, max_batch_size=cfg.engine.max_batch_size,
+        gpu_memory_utilization=cfg.engine.gpu_memory_utilization, tensor_parallel_size=cfg.engine.tensor_parallel_size,
+        enable_sleep_mode=cfg.engine.enable_sleep_mode, dtype=str(model_cfg.dtype), max_model_len=cfg.engine.max_model_len,
+        seed=cfg.seed, colocated=colocated,
+    )

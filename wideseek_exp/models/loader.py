@@ -69,3 +69,12 @@ def load_model_and_tokenizer(
         # Left padding needs some pad id; it never reaches the model's attention, so eos serves.
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def load_tokenizer(path_or_hub_id: str, *, revision: str | None = None, trust_remote_code: bool = False):
+    """The tokenizer alone, for engines whose model lives elsewhere (a server, vLLM)."""
+    try:
+        return AutoTokenizer.from_pretrained(str(path_or_hub_id), revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise WideseekError(f"cannot load the tokenizer of {path_or_hub_id!r}: {first_line}") from None

@@ -164,12 +164,15 @@ class MultiAgentGRPOTrainer(GRPOTrainer):
         model reaches its device only when training starts). Its prefix cache, if any, is emptied on every
         call: KV computed before an optimizer step is stale, and the fused AdamW of HF's Trainer updates
         weights without bumping the parameter versions the engine watches."""
+        policy = self.accelerator.unwrap_model(self.model_wrapped)
         if self._engine is None:
-            self._engine = self.rollout.engine_factory(self.accelerator.unwrap_model(self.model_wrapped),
-                                                       self.processing_class)
+            self._engine = self.rollout.engine_factory(policy, self.processing_class)
         clear_prefix_cache = getattr(self._engine, "clear_prefix_cache", None)
         if clear_prefix_cache is not None:
             clear_prefix_cache()
+        sync_weights = getattr(self._engine, "sync_weights", None)  # an engine with its own copy (vLLM)
+        if sync_weights is not None:
+            sync_weights(policy)
         return self._engine
 
     @contextmanager
@@ -273,6 +276,9 @@ class MultiAgentGRPOTrainer(GRPOTrainer):
             self.rollout.agent_cfg, self.rollout.search_cfg, seed, stats=stats,
             skip=lambda instance_id, sample: (instance_id, sample) not in wanted,
         )
+        sleep = getattr(self._engine, "sleep", None)  # vLLM's sleep mode hands its GPU memory to training
+        if sleep is not None:
+            sleep()
         by_key = {(trajectory.instance_id, trajectory.sample_index): trajectory for trajectory in trajectories}
         return [by_key[(tasks[task_index].instance_id, slot % group)] for slot, task_index in slots]
 

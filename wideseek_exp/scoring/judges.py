@@ -18,14 +18,12 @@ import os
 import re
 import tempfile
 import threading
-import time
 import unicodedata
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-import requests
-
 from wideseek_exp import WideseekError
+from wideseek_exp.httpretry import RetriesExhausted, TransientError, send, with_retries
 
 
 class JudgeError(Exception):
@@ -136,10 +134,6 @@ item id its grade, 0 or 1:
 
 class MalformedAnswer(Exception):
     """The judge's reply holds no usable answer: asked again, as a failed attempt."""
-
-
-class _Retryable(Exception):
-    """A failed attempt worth repeating (network, timeout, 429, 5xx, a malformed answer)."""
 
 
 LAST_JSON_BLOCK = re.compile(r"```json\s*(.*?)```", re.DOTALL | re.IGNORECASE)
@@ -268,39 +262,33 @@ class LLMJudge(Judge):
                 return answer
             except MalformedAnswer:
                 pass  # an entry our parser no longer accepts: ask again
-        failure = "no attempt made"
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(min(self.retry_wait_s * 2 ** (attempt - 1), self.max_wait_s))
-            try:
-                content = self._post(messages)
-                answer = parse(content)
-            except (_Retryable, MalformedAnswer) as exc:
-                failure = str(exc)
-                continue
-            self._cache_write(key, messages, content)
-            return answer
-        raise JudgeError(f"{self.model}: no usable answer after {self.max_retries + 1} attempts ({failure})")
+
+        def attempt() -> tuple[str, object]:
+            content = self._post(messages)
+            return content, parse(content)
+
+        try:
+            content, answer = with_retries(attempt, self.max_retries, self.retry_wait_s, self.max_wait_s,
+                                           retry_on=(TransientError, MalformedAnswer))
+        except RetriesExhausted as exc:
+            raise JudgeError(f"{self.model}: no usable answer after {self.max_retries + 1} attempts ({exc})") from None
+        self._cache_write(key, messages, content)
+        return answer
 
     def _post(self, messages: list[dict]) -> str:
         body = {"model": self.model, "messages": messages, "temperature": 0.0}
         headers = {"Authorization": f"Bearer {self.api_key}"}
         with self._lock:
             self.http_requests += 1
-        try:
-            reply = requests.post(self.url, json=body, headers=headers, timeout=self.timeout_s)
-        except requests.RequestException as exc:
-            raise _Retryable(f"{type(exc).__name__}: {exc}") from None
-        if reply.status_code in (408, 429) or reply.status_code >= 500:
-            raise _Retryable(f"HTTP {reply.status_code}")
+        reply = send("POST", self.url, json=body, headers=headers, timeout_s=self.timeout_s)
         if reply.status_code != 200:
             raise JudgeError(f"{self.model}: HTTP {reply.status_code} from {self.url}: {reply.text[:200]}")
         try:
             content = reply.json()["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
-            raise _Retryable("the reply is not a chat completion") from None
+            raise TransientError("the reply is not a chat completion") from None
         if not isinstance(content, str):
-            raise _Retryable("the reply has no text content")
+            raise TransientError("the reply has no text content")
         return content
 
     # -- the disk cache: one JSON file per request hash

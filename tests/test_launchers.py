@@ -1,0 +1,39 @@
+"""Cluster and multi-GPU entry points compose: the SLURM launcher config, the accelerate configs, and the
+`make train-multi` command line."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+                    reason="hydra-submitit-launcher is not installed")
+def test_slurm_launcher_composes(cli):
+    result = cli("hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg=hydra")
+    assert result.returncode == 0, result.stderr
+    launcher = yaml.safe_load(result.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert launcher["partition"] == "gpu" and launcher["gpus_per_node"] == 1
+
+
+@pytest.mark.parametrize("name", ["ddp", "zero2", "zero3", "fsdp"])
+def test_accelerate_configs_parse(name):
+    config = yaml.safe_load((REPO / "conf" / "accelerate" / f"{name}.yaml").read_text())
+    assert config["num_processes"] >= 1 and config["distributed_type"] in ("MULTI_GPU", "DEEPSPEED", "FSDP")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_train_multi_runs_accelerate_with_the_chosen_config():
+    result = subprocess.run(["make", "-n", "train-multi", "GPUS=4", "ACCEL=zero2", "ARGS=trainer=debug seed=3"],
+                            cwd=REPO, capture_output=True, text=True, check=True)
+    command = " ".join(result.stdout.replace("\\\n", " ").split())
+    assert "accelerate launch --config_file conf/accelerate/zero2.yaml --num_processes 4 run.py task=train " \
+           "trainer=debug seed=3" in command
