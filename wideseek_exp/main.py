@@ -147,9 +147,16 @@ def task_train(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
     return run_train(cfg, tracker, out)
 
 
+def task_data(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
+    from wideseek_exp.synthesize import run_data
+
+    return run_data(cfg, tracker, out)
+
+
 TASKS: dict[Task, Callable[[DictConfig, JobRun, Path | None], object]] = {
     Task.build: task_build,
     Task.eval: task_eval,
     Task.score: task_score,
     Task.train: task_train,
+    Task.data: task_data,
 }
