@@ -226,3 +226,57 @@ def test_miniweb_tables_synthesise_with_full_agreement(tmp_path):
     Synthesizer(settings(source="miniweb"), generator, ExactJudge(), tmp_path, "miniweb").run(tables)
     kept = lines(tmp_path / "train.jsonl")
     assert len(kept) == 3 and all(r["synthesis"]["agreement"] == 1.0 for r in kept)
+
+
+# ---- the job: run_data with MLflow, and the command line ---------------------------------------------
+
+
+def compose(*overrides: str):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(__file__).parent.parent / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=["task=data", *overrides])
+
+
+def test_run_data_writes_card_and_dataset_and_logs_tokens_to_mlflow(tmp_path):
+    import mlflow
+
+    from wideseek_exp.synthesize import run_data
+    from wideseek_exp.tracking import job_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "synth"
+    cfg = compose("synthesis.source=hybridqa", f"synthesis.hybridqa_tables={TABLES}",
+                  f"synthesis.hybridqa_passages={PASSAGES}", f"synthesis.out_dir={out}", "synthesis.test_fraction=0",
+                  "synthesis.price_per_input_token=0.5", "tracking.enabled=true", f"tracking.uri={uri}")
+    double = TableDouble(list(read_hybridqa(TABLES, PASSAGES)), MODES)
+    with job_run(cfg, tmp_path / "job") as job:
+        summary = run_data(cfg, job, tmp_path / "job", generator=double)
+        run_id = job.run_id
+    assert summary["kept"]["train"] == 1
+    assert (out / "card.md").is_file() and (out / "dataset" / "dataset_dict.json").is_file()
+    metrics = mlflow.MlflowClient(uri).get_run(run_id).data.metrics
+    assert metrics["data.kept.train"] == 1 and metrics["data.dropped.difficulty.too_easy"] == 1
+    assert metrics["data.query.prompt_tokens"] == summary["usage"]["query"]["prompt_tokens"] > 0
+    assert metrics["data.query.cost"] == pytest.approx(0.5 * metrics["data.query.prompt_tokens"])
+    artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(run_id)}
+    assert {"card.md", "card.json", "drops.jsonl"} <= artifacts
+
+
+@pytest.mark.slow
+def test_task_data_on_the_tiny_model_from_the_command_line(tmp_path):
+    from conftest import run_cli
+
+    args = ("task=data", "synthesis.source=hybridqa", f"synthesis.hybridqa_tables={TABLES}",
+            f"synthesis.hybridqa_passages={PASSAGES}", f"synthesis.out_dir={tmp_path / 'synth'}",
+            "synthesis.max_tokens=4", "tracking.enabled=false")
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # The tiny model's random words are no plan: every candidate is dropped, each with its reason.
+    drops = lines(tmp_path / "synth" / "drops.jsonl")
+    assert len(drops) == 4 and {d["code"] for d in drops} == {"bad_plan", "small_source"}
+    assert "## Drop reasons" in (tmp_path / "synth" / "card.md").read_text()
+    again = run_cli(*args)
+    assert again.returncode == 0 and "resuming: 4 candidate tasks already decided" in again.stdout
+    assert len(lines(tmp_path / "synth" / "drops.jsonl")) == 4
