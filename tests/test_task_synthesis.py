@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-
 from synth_double import Mode, TableDouble
+
 from wideseek_exp import WideseekError
 from wideseek_exp.conf import DataConfig, SynthesisConfig
 from wideseek_exp.scoring.judges import ExactJudge
