@@ -76,3 +76,35 @@ def test_a_judge_failure_on_qa_gives_a_nan_reward():
 
     reward = trajectory_reward(trajectory("\\boxed{Tolkien}"), qa("Tolkien"), Failing(), WIDESEEK)
     assert reward.judge_error and math.isnan(reward.total)
+
+
+def test_task_score_reports_a_hybrid_set_of_table_and_qa_tasks(tmp_path):
+    import json
+
+    from hydra import compose, initialize_config_dir
+    from test_task_loaders import r1_qa_record, r1_table_record, write_jsonl
+
+    from wideseek_exp.evaluate import run_score
+    from wideseek_exp.tracking import JobRun
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "test.jsonl", [r1_table_record("wide-1"), r1_qa_record("deep-1")])
+    responses = tmp_path / "responses"
+    responses.mkdir()
+    table = "```markdown\n| Country | Capital City |\n|---|---|\n| Chile | Santiago |\n| Bolivia | Sucre |\n```"
+    trials = [{"instance_id": "wide-1", "sample": 0, "response": table},
+              {"instance_id": "deep-1", "sample": 0, "response": "So: \\boxed{paris}"},
+              {"instance_id": "deep-1", "sample": 1, "response": "\\boxed{Lyon}"}]
+    write_jsonl(responses / "trials.jsonl", trials)
+    conf = str(__import__("pathlib").Path(__file__).parent.parent / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "task=score", "data=wideseek_train", f"data.path={data}", "data.split=test", "eval.samples=2",
+            f"score.responses={responses}", "tracking.enabled=false"])
+    headline = run_score(cfg, JobRun(None), tmp_path / "out")
+    scores = {(s["instance_id"], s["sample"]): s for s in map(json.loads, (tmp_path / "out/scores.jsonl").open())}
+    assert scores[("deep-1", 0)]["success"] == 1.0 and scores[("deep-1", 1)]["reason"] == "wrong answer"
+    assert scores[("wide-1", 0)]["success"] == 1.0 and scores[("wide-1", 1)]["reason"] == "no trial"
+    # success avg@2 over the two tasks: wide 1/2, deep 1/2; pass@2: both 1
+    assert headline["success_avg@2"] == pytest.approx(0.5) and headline["success_pass@2"] == pytest.approx(1.0)

@@ -201,6 +201,9 @@ class DataConfig:
     train_file: str = "train.jsonl"
     test_file: str = "test.jsonl"
     gold_dir: str | None = None  # widesearch: widesearch_gold/<instance_id>.csv
+    # More files (or folders / saved datasets) whose records join the train split: the released
+    # width / depth / hybrid training files beside our synthesised tasks make one training mix.
+    extra_train: list[str] = field(default_factory=list)
     split: str = "test"
     limit: int | None = None
     on_error: OnError = OnError.fail
