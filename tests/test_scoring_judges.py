@@ -49,7 +49,13 @@ def test_exact_judge_aligns_by_canonical_form_and_leaves_the_rest_out():
 
 def oracle(prompt: str) -> str:
     """Answers the judge's prompts the way an exact grader would: alignment of identical strings
-    after lower-casing, grade 1 for identical pairs."""
+    after lower-casing, grade 1 for identical pairs, a QA answer correct when it equals a reference
+    after lower-casing."""
+    if "Model's answer:" in prompt:
+        references = json.loads(re.search(r"correct\):\n(.*)\n\nModel's answer:", prompt).group(1))
+        answer = re.search(r"Model's answer:\n(.*)\n\nThe model's answer", prompt, re.DOTALL).group(1)
+        verdict = answer.lower() in {ref.lower() for ref in references}
+        return "Compared.\n```json\n" + json.dumps({"correct": verdict}) + "\n```"
     if "List A:" in prompt:
         a = json.loads(re.search(r"List A:\n(.*)\n\nList B:", prompt).group(1))
         b = json.loads(re.search(r"List B:\n(.*)\n\nThink", prompt).group(1))
@@ -284,3 +290,28 @@ def test_make_judge_llm_from_config(monkeypatch, tmp_path):
 def test_make_judge_unknown_name():
     with pytest.raises(WideseekError, match="unknown judge.name"):
         make_judge({"name": "oracle"})
+
+
+# ---- deep-QA answers through the LLM judge ------------------------------------------------------
+
+QA_TASK = TaskRecord("qa", "Which river flows through Lyon besides the Saone?", "en", [], [], {}, [], [],
+                     is_table=False, answer_text="\\boxed{Rhone}")
+
+
+def test_llm_judge_grades_a_boxed_qa_answer(endpoint, tmp_path):
+    judge = llm_judge(endpoint, tmp_path)
+    right = score_response("It is the \\boxed{RHONE}.", QA_TASK, judge)
+    wrong = score_response("\\boxed{Loire}", QA_TASK, judge)
+    assert (right.success, right.item_f1, right.row_f1) == (1.0, 1.0, 1.0)
+    assert (wrong.success, wrong.item_f1, wrong.reason) == (0.0, 0.0, "wrong answer")
+    prompt = endpoint.requests[0]["body"]["messages"][0]["content"]
+    assert QA_TASK.query in prompt and '["Rhone"]' in prompt
+    assert endpoint.count == 2
+    score_response("It is the \\boxed{RHONE}.", QA_TASK, llm_judge(endpoint, tmp_path))
+    assert endpoint.count == 2  # cached
+
+
+def test_a_qa_verdict_that_is_not_true_or_false_is_retried_then_a_judge_error(endpoint):
+    endpoint.default = "malformed"
+    score = score_response("\\boxed{Rhone}", QA_TASK, llm_judge(endpoint))
+    assert score.judge_error and score.item_f1 == 0.0 and endpoint.count == 4

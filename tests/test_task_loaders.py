@@ -393,3 +393,23 @@ def test_nothing_usable_is_an_error(tmp_path):
     path = write_jsonl(tmp_path / "test.jsonl", ["not json", ""])
     with pytest.raises(WideseekError, match="no usable tasks"):
         load_task_set(data_cfg("wideseek_train", path, on_error=OnError.skip))
+
+
+def test_extra_train_files_join_the_train_split_only(tmp_path):
+    ours, released = tmp_path / "ours", tmp_path / "released"
+    ours.mkdir()
+    released.mkdir()
+    write_jsonl(ours / "train.jsonl", [r1_table_record("synth-1")])
+    write_jsonl(ours / "test.jsonl", [r1_table_record("synth-test")])
+    write_jsonl(released / "depth.jsonl", [r1_qa_record("depth-1")])
+    write_jsonl(released / "train.jsonl", [r1_table_record("width-1")])
+    cfg = data_cfg("wideseek_train", ours, extra_train=[str(released / "depth.jsonl"), str(released)])
+    train = load_task_set(cfg, "train")
+    assert [t.instance_id for t in train] == ["synth-1", "depth-1", "width-1"]
+    assert [t.is_table for t in train] == [True, False, True]
+    assert [t.instance_id for t in load_task_set(cfg, "test")] == ["synth-test"]
+
+    with pytest.raises(WideseekError, match="duplicate instance_id"):
+        load_task_set(data_cfg("wideseek_train", ours, extra_train=[str(ours / "train.jsonl")]), "train")
+    with pytest.raises(WideseekError, match="data.extra_train: .*missing.jsonl does not exist"):
+        load_task_set(data_cfg("wideseek_train", ours, extra_train=[str(tmp_path / "missing.jsonl")]), "train")

@@ -207,6 +207,9 @@ class DataConfig:
     train_file: str = "train.jsonl"
     test_file: str = "test.jsonl"
     gold_dir: str | None = None  # widesearch: widesearch_gold/<instance_id>.csv
+    # More files (or folders / saved datasets) whose records join the train split: the released
+    # width / depth / hybrid training files beside our synthesised tasks make one training mix.
+    extra_train: list[str] = field(default_factory=list)
     split: str = "test"
     limit: int | None = None
     on_error: OnError = OnError.fail
@@ -228,6 +231,38 @@ class ScoreConfig:
     # runner's per-trial files ({model}_{instance_id}_{trial}[_multi_agent]_response.jsonl)
     responses: str | None = None
     model_prefix: str | None = None  # official files: only those of this model config name
+
+
+@dataclass
+class SynthesisConfig:
+    """task=data: broad tasks synthesised from tables (tasks/synthesis.py)."""
+
+    source: str = "miniweb"  # hybridqa | miniweb
+    hybridqa_tables: str | None = None  # HybridQA's tables_tok folder: <table_id>.json
+    hybridqa_passages: str | None = None  # its request_tok folder: <table_id>.json {link: passage}
+    out_dir: str = "${paths.generated}/wideseek_train"  # fixed, so that a rerun resumes (data=wideseek_train reads it)
+    limit: int | None = None  # at most this many candidate tasks (null: every table x tasks_per_table)
+    tasks_per_table: int = 1  # candidates per table, each with its own target size and query
+    target_rows_min: int = 10  # the paper's target sizes; capped by the table's own row count
+    target_rows_max: int = 50
+    min_rows: int = 3  # the paper drops gold tables under 3 rows
+    agreement_threshold: float = 0.9  # item F1 of answer 2 against answer 1 (the paper's 0.9 agreement)
+    # The "too easy" filter: a closed-book answer (the generator without the source material, scored
+    # by our scorer) must stay under baseline_max_item_f1. none: no difficulty filter.
+    baseline: str = "closed_book"  # closed_book | none
+    baseline_max_item_f1: float = 0.5
+    query_temperature: float = 0.7  # varied queries across tables
+    answer_temperature: float = 0.7  # two independent answers need sampling
+    max_tokens: int = 4096  # per generator reply
+    max_source_rows: int = 60  # table rows shown to the generator
+    max_passage_chars: int = 600  # per linked passage shown
+    max_concurrency: int = 16  # candidates per chunk: each stage sends at most this many requests at once
+    thinking: bool = False  # chat-template thinking for the generator (off: the reply is the answer)
+    test_fraction: float = 0.05  # share of kept tasks written to test.jsonl (by a hash of the instance id)
+    seed: int = 0
+    # USD per token, for the cost column of the data card (null: tokens only)
+    price_per_input_token: float | None = None
+    price_per_output_token: float | None = None
 
 
 @dataclass
@@ -288,6 +323,7 @@ class Config:
     judge: JudgeConfig = MISSING
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     exp: ExpConfig = field(default_factory=ExpConfig)
 
 

@@ -41,13 +41,10 @@ def load_eval_tasks(cfg: DictConfig) -> list[TaskRecord]:
     tasks = list(load_task_set(cfg.data, cfg.data.split))
     if cfg.eval.limit is not None:
         tasks = tasks[: cfg.eval.limit]
-    table_tasks = [task for task in tasks if task.is_table]
-    if len(table_tasks) < len(tasks):
-        print(f"note: {len(tasks) - len(table_tasks)} QA task(s) skipped: evaluation scores table tasks",
-              file=sys.stderr)
-    if not table_tasks:
-        raise WideseekError(f"no table tasks to evaluate in data={cfg.data.name} split={cfg.data.split}")
-    return table_tasks
+    # Table and deep-QA tasks alike: the scorer grades a QA task by its boxed answer.
+    if not tasks:
+        raise WideseekError(f"no tasks to evaluate in data={cfg.data.name} split={cfg.data.split}")
+    return tasks
 
 
 def eval_settings(cfg: DictConfig) -> dict:

@@ -168,10 +168,17 @@ def task_serve_search(cfg: DictConfig, tracker: JobRun, out: Path | None) -> Non
         server.shutdown()
 
 
+def task_data(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
+    from wideseek_exp.synthesize import run_data
+
+    return run_data(cfg, tracker, out)
+
+
 TASKS: dict[Task, Callable[[DictConfig, JobRun, Path | None], object]] = {
     Task.build: task_build,
     Task.eval: task_eval,
     Task.score: task_score,
     Task.train: task_train,
     Task.serve_search: task_serve_search,
+    Task.data: task_data,
 }

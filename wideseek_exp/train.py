@@ -173,15 +173,13 @@ def training_tasks(cfg: DictConfig) -> list:
     from wideseek_exp.tasks.loaders import load_task_set
 
     tasks = list(load_task_set(cfg.data, cfg.trainer.train_split))
-    tables = [task for task in tasks if task.is_table]
-    if len(tables) < len(tasks):
-        print(f"note: {len(tasks) - len(tables)} QA task(s) skipped: the reward scores table tasks", file=sys.stderr)
-    if len(tables) < cfg.trainer.tasks_per_step:
-        raise WideseekError(f"data={cfg.data.name} split={cfg.trainer.train_split} has {len(tables)} table tasks, "
+    # Table and deep-QA tasks alike: the reward scores a QA task by its boxed answer (the hybrid mix).
+    if len(tasks) < cfg.trainer.tasks_per_step:
+        raise WideseekError(f"data={cfg.data.name} split={cfg.trainer.train_split} has {len(tasks)} tasks, "
                             f"fewer than trainer.tasks_per_step={cfg.trainer.tasks_per_step}")
-    if len({task.instance_id for task in tables}) < len(tables):
+    if len({task.instance_id for task in tasks}) < len(tasks):
         raise WideseekError(f"data={cfg.data.name} split={cfg.trainer.train_split} repeats an instance_id")
-    return tables
+    return tasks
 
 
 def load_policy(cfg: DictConfig):

@@ -86,3 +86,7 @@ class TrialStore:
 
     def trajectories(self) -> Iterator[dict]:
         return _read_complete_lines(self.folder / TRAJECTORIES_FILE)
+
+
+# Other append-only stores (the task=data call cache and outputs) read their files the same way.
+read_complete_lines = _read_complete_lines

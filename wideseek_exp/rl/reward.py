@@ -14,6 +14,9 @@ A valid table is one the scorer can read and that has every required column (the
 table whose required columns cannot be aligned, before any bonus). When the judge fails, the reward
 is NaN: the trajectory is left out of its group's baseline and gets a zero advantage (advantages.py),
 rather than being punished for an outage.
+
+A deep-QA task (is_markdown false) is rewarded the same way, with a \boxed{} answer in place of the
+table and its correctness (judge=exact: normalised match; judge=llm: the judge's verdict) as r_ans.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import asdict, dataclass
 
 from wideseek_exp.agents.trajectory import Trajectory
 from wideseek_exp.scoring import Judge, extract_table, score_response
+from wideseek_exp.scoring.qa import extract_boxed
 from wideseek_exp.tasks.record import TaskRecord
 
 ANSWER_METRICS = ("item_f1", "row_f1")
@@ -59,7 +63,11 @@ def trajectory_reward(trajectory: Trajectory, task: TaskRecord, judge: Judge, cf
     if cfg.answer_metric not in ANSWER_METRICS:
         raise ValueError(f"reward.answer_metric must be one of {ANSWER_METRICS} (got {cfg.answer_metric!r})")
     response = trajectory.final_answer
-    if trajectory.lead_failed or response is None or extract_table(response)[0] is None:
+    # A QA task (deep-QA records of a hybrid mix) is answered in \boxed{}: a box is its valid answer,
+    # and r_ans its correctness (the scorer puts it in every F1 field).
+    readable = response is not None and (extract_table(response)[0] is not None if task.is_table
+                                         else extract_boxed(response) is not None)
+    if trajectory.lead_failed or not readable:
         return Reward(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, valid=False)
     score = score_response(response, task, judge)
     if score.judge_error:

@@ -47,6 +47,10 @@ class Judge(ABC):
     def grade(self, column: str, criterion: str, pairs: list[tuple[str, str]]) -> list[float]:
         """1.0 or 0.0 for every (response, gold) pair of one column."""
 
+    def grade_answer(self, question: str, response: str, references: list[str]) -> float:
+        """1.0 when a QA task's (boxed) answer is correct against any accepted reference answer."""
+        raise JudgeError(f"the {self.name} judge cannot grade QA answers")
+
 
 # ---- the offline judge -------------------------------------------------------------------------
 
@@ -85,6 +89,11 @@ class ExactJudge(Judge):
 
     def grade(self, column, criterion, pairs):
         return [1.0 if canonical(response) == canonical(gold) else 0.0 for response, gold in pairs]
+
+    def grade_answer(self, question, response, references):
+        from wideseek_exp.scoring.qa import exact_correct  # qa builds on this module
+
+        return exact_correct(response, references)
 
 
 # ---- the LLM judge -----------------------------------------------------------------------------
@@ -129,6 +138,26 @@ Reason briefly about the items, then end your answer with one fenced json block 
 item id its grade, 0 or 1:
 ```json
 {{"p1": 1, "p2": 0}}
+```"""
+
+
+QA_PROMPT = """You are grading the answer a model gave to a question, against the reference answer.
+
+Question:
+{question}
+
+Reference answer (any one of these is correct):
+{references}
+
+Model's answer:
+{response}
+
+The model's answer is correct when it names the same thing as a reference answer, even if worded, \
+abbreviated or formatted differently; it is incorrect when it is wrong, incomplete, hedges between \
+several answers or names something more or less specific than the reference. Reason briefly, then \
+end with one fenced json block:
+```json
+{{"correct": true}}
 ```"""
 
 
@@ -177,6 +206,14 @@ def parse_grades(content: str, count: int) -> list[float]:
             raise MalformedAnswer(f"item p{number} has no 0/1 grade: {value!r}")
         grades.append(float(value))
     return grades
+
+
+def parse_verdict(content: str) -> float:
+    answer = last_json_block(content)
+    verdict = answer.get("correct") if isinstance(answer, dict) else None
+    if verdict not in (True, False):  # 1/0 compare equal to True/False and are accepted
+        raise MalformedAnswer(f"the verdict is not true or false: {verdict!r}")
+    return float(verdict)
 
 
 def request_hash(model: str, messages: list[dict]) -> str:
@@ -246,6 +283,11 @@ class LLMJudge(Judge):
             column=column, criterion=criterion, items=json.dumps(items, ensure_ascii=False, indent=1)
         )
         return self.ask(prompt, lambda content: parse_grades(content, len(pairs)))
+
+    def grade_answer(self, question, response, references):
+        prompt = QA_PROMPT.format(question=question, response=response,
+                                  references=json.dumps(references, ensure_ascii=False))
+        return self.ask(prompt, parse_verdict)
 
     # -- one request, cached and retried
 

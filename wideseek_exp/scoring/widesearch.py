@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from wideseek_exp import WideseekError
 from wideseek_exp.scoring.judges import Judge, JudgeError
 from wideseek_exp.scoring.preprocess import PREPROCESS, harmonise, parse_date
+from wideseek_exp.scoring.qa import score_qa
 from wideseek_exp.scoring.table import MISSING, NA_TOKENS, Table, extract_table, mangle_duplicates, normalize_column
 
 METRICS = ("exact_match", "number_near", "date_near", "url_match", "llm_judge")
@@ -250,7 +251,10 @@ def _f1(precision: float, recall: float) -> float:
 
 
 def score_response(response: str, task: GoldTask, judge: Judge) -> TrialScore:
-    """Steps 1-11 for one response. Judge failures give a judge_error trial, never a silent 0."""
+    """Steps 1-11 for one response. Judge failures give a judge_error trial, never a silent 0.
+    A QA task (is_table false: a WideSeek-R1 deep-QA record) is scored by its boxed answer (qa.py)."""
+    if not getattr(task, "is_table", True):
+        return score_qa(response, task.query, task.answer_text, judge)
     rules = _column_rules(task)
     gold = _gold_table(task)  # step 1
     table, why = extract_table(response)  # step 2

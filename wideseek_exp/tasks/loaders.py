@@ -73,28 +73,32 @@ def load_task_set(data_cfg, split: str | None = None) -> TaskSet:
     source = _split_source(data_cfg, split)
     root = Path(data_cfg.path) if Path(data_cfg.path).is_dir() else source.parent
     gold_dir = Path(data_cfg.gold_dir) if data_cfg.gold_dir else root / GOLD_DIR_NAME
+    sources = [source]
+    if split == "train":  # released training files of the same layout join the train split (a mix)
+        sources += [_extra_source(Path(extra), data_cfg) for extra in (getattr(data_cfg, "extra_train", None) or [])]
 
     tasks: list[TaskRecord] = []
     skipped: list[Skipped] = []
     seen_ids: set[str] = set()
-    for location, item in _read_items(source, split):
-        record = None
-        try:
-            record = _decode(item)
-            task = _parse_record(data_cfg.name, record, gold_dir)
-            if task.instance_id in seen_ids:
-                raise MalformedRecord("duplicate instance_id")
-        except (MalformedRecord, KeyError, TypeError, ValueError, AttributeError) as exc:
-            instance_id = record.get("instance_id") if isinstance(record, dict) else None
-            where = f"{source} {location}" + (f" (instance_id {instance_id})" if instance_id is not None else "")
-            reason = " ".join(_reason(exc).split())  # one line, whatever the exception text held
-            if data_cfg.on_error != "skip":
-                raise WideseekError(f"malformed task in {where}: {reason}") from None
-            log.warning("skipping malformed task in %s: %s", where, reason)
-            skipped.append(Skipped(str(source), location, reason))
-            continue
-        seen_ids.add(task.instance_id)
-        tasks.append(task)
+    for one_source in sources:
+        for location, item in _read_items(one_source, split):
+            record = None
+            try:
+                record = _decode(item)
+                task = _parse_record(data_cfg.name, record, gold_dir)
+                if task.instance_id in seen_ids:
+                    raise MalformedRecord("duplicate instance_id")
+            except (MalformedRecord, KeyError, TypeError, ValueError, AttributeError) as exc:
+                instance_id = record.get("instance_id") if isinstance(record, dict) else None
+                where = f"{one_source} {location}" + (f" (instance_id {instance_id})" if instance_id is not None else "")
+                reason = " ".join(_reason(exc).split())  # one line, whatever the exception text held
+                if data_cfg.on_error != "skip":
+                    raise WideseekError(f"malformed task in {where}: {reason}") from None
+                log.warning("skipping malformed task in %s: %s", where, reason)
+                skipped.append(Skipped(str(one_source), location, reason))
+                continue
+            seen_ids.add(task.instance_id)
+            tasks.append(task)
 
     if skipped:
         log.warning("skipped %d malformed task record(s) in %s, kept %d", len(skipped), source, len(tasks))
@@ -133,6 +137,17 @@ def _split_source(data_cfg, split: str) -> Path:
     if not source.exists():
         raise _missing(source, data_cfg.name)
     return source
+
+
+def _extra_source(path: Path, data_cfg) -> Path:
+    """A data.extra_train entry: a task file, a saved dataset, or a folder holding data.train_file."""
+    if not path.exists():
+        raise WideseekError(f"data.extra_train: {path} does not exist")
+    if path.is_file() or _is_saved_dataset(path):
+        return path
+    if not (path / data_cfg.train_file).is_file():
+        raise WideseekError(f"data.extra_train: folder {path} has no {data_cfg.train_file}")
+    return path / data_cfg.train_file
 
 
 def _read_items(source: Path, split: str) -> Iterator[tuple[str, object]]:
