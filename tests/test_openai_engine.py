@@ -60,6 +60,12 @@ class FakeCompletionsServer:
                 if mode in ("429", "500", "401"):
                     self._send(int(mode), {"error": "scripted"})
                     return
+                if self.path.endswith("/chat/completions"):  # a hosted chat API: text out, reasoning apart
+                    roles = ",".join(message["role"] for message in body["messages"])
+                    message = {"role": "assistant", "content": f"Seen {roles}.", "reasoning_content": "Because."}
+                    self._send(200, {"id": "c", "object": "chat.completion",
+                                     "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
+                    return
                 if mode == "text":
                     choice = {"text": "plain words", "finish_reason": "stop", "logprobs": None}
                 else:
@@ -176,4 +182,32 @@ def test_concurrency_is_limited_but_used():
 
 def test_bad_prompt_format_names_the_key(server):
     with pytest.raises(WideseekError, match="engine.prompt_format"):
-        engine_for(server, prompt_format="chat")
+        engine_for(server, prompt_format="messages")
+
+
+def test_chat_format_sends_the_prompt_turns_as_messages(server):
+    tokenizer = tiny_tokenizer()
+    messages = [{"role": "system", "content": "You are a lead agent."}, {"role": "user", "content": "List the airports."},
+                {"role": "assistant", "content": "<tool_call>\n{\"name\": \"search\"}\n</tool_call>"},
+                {"role": "user", "content": "<tool_response>\nAldova Airport\n</tool_response>"}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+    (completion,) = engine_for(server, prompt_format="chat").generate([prompt], SamplingParams(max_new_tokens=16))
+
+    request = server.requests[0]
+    assert request["path"] == "/v1/chat/completions"
+    assert [m["role"] for m in request["body"]["messages"]] == ["system", "user", "assistant", "user"]
+    assert request["body"]["messages"][1]["content"] == "List the airports."
+    assert "Aldova Airport" in request["body"]["messages"][3]["content"]
+    # the reply, with the reasoning put back as a think block, tokenised with the model's tokenizer
+    text = "<think>\nBecause.\n</think>\n\nSeen system,user,assistant,user."
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert completion.text == text
+    assert completion.token_ids == tokenizer.encode(text, add_special_tokens=False) + [end_of_turn]
+    assert all(math.isnan(value) for value in completion.logprobs)
+
+
+def test_chat_format_refuses_a_prompt_without_turns(server):
+    tokenizer = tiny_tokenizer()
+    with pytest.raises(WideseekError, match="prompt_format=chat"):
+        engine_for(server, prompt_format="chat").generate([tokenizer.encode("no turns here")], SamplingParams())

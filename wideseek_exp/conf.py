@@ -126,7 +126,8 @@ class EngineConfig:
     api_key_env: str = "OPENAI_API_KEY"  # a local server needs no key: an unset variable sends none
     served_model_name: str | None = None  # the server's name for the model (null: model.path)
     # token_ids: prompts and replies as token ids with logprobs (vllm serve, SGLang);
-    # text: hosted APIs, which take and return text only (replies re-tokenised, logprobs NaN)
+    # text: servers with a text /v1/completions (replies re-tokenised, logprobs NaN);
+    # chat: hosted chat APIs, /v1/chat/completions with the prompt split into its turns (API baselines)
     prompt_format: str = "token_ids"
     max_concurrency: int = 32  # requests in flight at once
     timeout_s: float = 600.0  # per request

@@ -8,9 +8,13 @@ one request per prompt, at most `max_concurrency` in flight at once, each retrie
   token_ids  the prompt is sent as a list of token ids (vLLM and SGLang accept it) and the reply's tokens
              are asked for as ids (vLLM's `return_tokens_as_token_ids`), with their sampling logprobs:
              exactly the ids the model produced, as engine=hf returns them.
-  text       for hosted APIs: the prompt is decoded to text and the reply text is tokenised again with
-             the model's tokenizer. Those ids need not be the ones the server sampled, and there are no
-             logprobs: every logprob is NaN, so nothing can train on them by accident.
+  text       for servers with a text /v1/completions: the prompt is decoded to text and the reply text is
+             tokenised again with the model's tokenizer. Those ids need not be the ones the server
+             sampled, and there are no logprobs: every logprob is NaN, so nothing can train on them.
+  chat       for hosted chat APIs (API baselines such as DeepSeek-R1): the decoded prompt is split back
+             into its chat turns (system, user, assistant; tool results are user turns in the Qwen3
+             format) and sent to /v1/chat/completions; the reply is tokenised again as for `text`, with a
+             reasoning model's separate reasoning put back in front as a <think> block.
 A token_ids server that answers with text tokens only (no ids) is treated as `text` for that reply.
 """
 
@@ -25,8 +29,20 @@ from wideseek_exp import WideseekError
 from wideseek_exp.engines.base import Completion, Engine, SamplingParams
 from wideseek_exp.httpretry import RetriesExhausted, TransientError, send, with_retries
 
-PROMPT_FORMATS = ("token_ids", "text")
+PROMPT_FORMATS = ("token_ids", "text", "chat")
 _TOKEN_ID = re.compile(r"token_id:(\d+)$")
+_CHAT_TURN = re.compile(r"<\|im_start\|>(system|user|assistant)\n(.*?)(<\|im_end\|>|$)", re.S)
+
+
+def chat_messages(prompt_text: str) -> list[dict]:
+    """The chat turns of a prompt rendered in the Qwen3 format, without the open assistant turn at its end
+    (the generation prompt, possibly holding an empty think block)."""
+    turns = [(role, content, closed) for role, content, closed in _CHAT_TURN.findall(prompt_text)]
+    if turns and turns[-1][0] == "assistant" and not turns[-1][2]:
+        turns.pop()
+    if not turns:
+        raise WideseekError("engine.prompt_format=chat: the prompt has no <|im_start|>role turns to send as messages")
+    return [{"role": role, "content": content} for role, content, _ in turns]
 
 
 class OpenAIEngine(Engine):
@@ -38,7 +54,7 @@ class OpenAIEngine(Engine):
         if max_concurrency < 1:
             raise WideseekError(f"config key 'engine.max_concurrency' must be at least 1 (got {max_concurrency})")
         self.tokenizer = tokenizer
-        self.url = base_url.rstrip("/") + "/completions"
+        self.url = base_url.rstrip("/") + ("/chat/completions" if prompt_format == "chat" else "/completions")
         self.model = model
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.timeout_s, self.max_retries = timeout_s, max_retries
@@ -74,6 +90,8 @@ class OpenAIEngine(Engine):
         if self.prompt_format == "token_ids":
             body.update(prompt=list(prompt), logprobs=0, return_tokens_as_token_ids=True, skip_special_tokens=False,
                         include_stop_str_in_output=True)
+        elif self.prompt_format == "chat":
+            body["messages"] = chat_messages(self.tokenizer.decode(prompt, skip_special_tokens=False))
         else:
             body["prompt"] = self.tokenizer.decode(prompt, skip_special_tokens=False)
         return body
@@ -88,8 +106,9 @@ class OpenAIEngine(Engine):
             if reply.status_code != 200:
                 raise WideseekError(f"engine=openai: HTTP {reply.status_code} from {self.url}: {reply.text[:200]}")
             try:
-                return reply.json()["choices"][0]
-            except (ValueError, KeyError, IndexError, TypeError):
+                choice = reply.json()["choices"][0]
+                return chat_choice_as_text(choice) if self.prompt_format == "chat" else choice
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                 raise TransientError(f"the reply from {self.url} is not a completion") from None
 
         try:
@@ -130,3 +149,13 @@ class OpenAIEngine(Engine):
                 return None, None
             ids.append(int(match.group(1)))
         return ids, [math.nan if value is None else float(value) for value in values]
+
+
+def chat_choice_as_text(choice: dict) -> dict:
+    """A /v1/chat/completions choice in the shape of a text completion choice."""
+    message = choice["message"]
+    text = message.get("content") or ""
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if reasoning:
+        text = f"<think>\n{reasoning.strip()}\n</think>\n\n{text.lstrip()}"
+    return {"text": text, "finish_reason": choice.get("finish_reason"), "stop_reason": choice.get("stop_reason")}
