@@ -280,3 +280,66 @@ def test_task_data_on_the_tiny_model_from_the_command_line(tmp_path):
     again = run_cli(*args)
     assert again.returncode == 0 and "resuming: 4 candidate tasks already decided" in again.stdout
     assert len(lines(tmp_path / "synth" / "drops.jsonl")) == 4
+
+
+# ---- the agent baseline ---------------------------------------------------------------------------
+
+
+def test_agent_baseline_drops_what_the_agent_already_solves(tmp_path):
+    """baseline=agent: each surviving task goes to the agent as a gold TaskRecord, and its answer is scored."""
+    asked = []
+
+    def agent(tasks):
+        asked.extend(tasks)
+        # the agent solves the lighthouses (it returns the gold table) and answers nothing else
+        return [f"```markdown\n{t.answer_markdown}\n```" if "lighthouse" in t.query.lower() else "no idea"
+                for t in tasks]
+
+    tables = list(read_hybridqa(TABLES, PASSAGES))
+    double = TableDouble(tables, MODES)
+    s = settings(baseline="agent", agreement_threshold=0.85)
+    generator = CachedGenerator(double, tmp_path / CACHE_FILE, s.max_concurrency)
+    Synthesizer(s, generator, ExactJudge(), tmp_path, "hybridqa", baseline_agent=agent).run(tables)
+
+    assert double.calls["baseline"] == 0  # no closed-book call
+    assert len(asked) == 3 and all(task.gold_rows for task in asked)  # lighthouses, towns, comets got there
+    drops = drops_by_table(tmp_path)
+    lighthouses = drops["Lighthouses_of_the_Inner_Coast_0"]
+    assert (lighthouses["stage"], lighthouses["code"], lighthouses["baseline_item_f1"]) == ("difficulty", "too_easy", 1.0)
+    assert "agent baseline" in lighthouses["reason"]
+    kept = {r["synthesis"]["table_id"] for r in lines(tmp_path / "train.jsonl")}
+    assert kept == {"Towns_of_Ardent_Vale_0", "Periodic_comets_of_the_Kell_survey_0"}  # the agent did not know them
+
+
+def test_agent_baseline_needs_an_agent_and_a_known_name(tmp_path):
+    generator = CachedGenerator(TableDouble([], {}), tmp_path / CACHE_FILE, 2)
+    with pytest.raises(WideseekError, match="baseline=agent"):
+        Synthesizer(settings(baseline="agent"), generator, ExactJudge(), tmp_path / "a", "hybridqa")
+    with pytest.raises(WideseekError, match="synthesis.baseline"):
+        Synthesizer(settings(baseline="oracle"), generator, ExactJudge(), tmp_path / "b", "hybridqa")
+
+
+def test_agent_baseline_rolls_out_the_configured_agent_with_search(tmp_path):
+    """The runner's AgentBaseline: a real rollout (lead, tools, local search) on the generator's engine."""
+    from scripted_engine import TABLE_ANSWER, ScriptedEngine, make_task, tiny_tokenizer, world_config
+
+    from wideseek_exp.synthesize import AgentBaseline, EngineTextGenerator
+
+    from hydra import compose, initialize_config_dir
+
+    def script(view):
+        assert view.role == "single"  # agent=singleseek, as configured
+        if view.turn == 1:
+            return '<tool_call>\n{"name": "search", "arguments": {"query": "Aldova airports"}}\n</tool_call>'
+        assert "URL: " in view.text.rsplit("<tool_response>", 1)[1]  # the search ran and its hits came back
+        return TABLE_ANSWER
+
+    world_config()  # the world, built
+    with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["tracking.enabled=false", "agent=singleseek"])
+    generator = EngineTextGenerator(cfg)
+    generator.engine = ScriptedEngine(tiny_tokenizer(), script)
+    answers = AgentBaseline(cfg, generator)([make_task("t1", "List the airports of Aldova."),
+                                             make_task("t2", "List the airports of Borvia.")])
+    assert all("| Aldova Airport | ALD |" in answer for answer in answers)
+    assert len(generator.engine.batches) == 2  # a search turn, then the answer: the rollout ran

@@ -248,9 +248,10 @@ class SynthesisConfig:
     target_rows_max: int = 50
     min_rows: int = 3  # the paper drops gold tables under 3 rows
     agreement_threshold: float = 0.9  # item F1 of answer 2 against answer 1 (the paper's 0.9 agreement)
-    # The "too easy" filter: a closed-book answer (the generator without the source material, scored
-    # by our scorer) must stay under baseline_max_item_f1. none: no difficulty filter.
-    baseline: str = "closed_book"  # closed_book | none
+    # The "too easy" filter: a baseline's answer, scored by our scorer against the gold, must stay under
+    # baseline_max_item_f1. closed_book: the generator without the source material; agent: the configured
+    # agent (agent=, search=, the generator's engine) with search, one rollout per task; none: no filter.
+    baseline: str = "closed_book"  # closed_book | agent | none
     baseline_max_item_f1: float = 0.5
     query_temperature: float = 0.7  # varied queries across tables
     answer_temperature: float = 0.7  # two independent answers need sampling

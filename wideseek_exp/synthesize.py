@@ -18,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from wideseek_exp import WideseekError
 from wideseek_exp.engines.base import SamplingParams
 from wideseek_exp.scoring import make_judge
 from wideseek_exp.tasks.sources import load_tables
@@ -66,6 +67,28 @@ class EngineTextGenerator:
             self.engine.close()
 
 
+class AgentBaseline:
+    """synthesis.baseline=agent: the configured agent answers each task with search, one rollout per task,
+    on the generator's engine (built on first use, shared with the generator)."""
+
+    def __init__(self, cfg: DictConfig, generator: EngineTextGenerator):
+        self.cfg, self.generator, self.search = cfg, generator, None
+
+    def __call__(self, tasks: list) -> list[str]:
+        from wideseek_exp.agents import run_rollouts
+        from wideseek_exp.engines.factory import make_engine
+        from wideseek_exp.search.factory import make_search_backend
+
+        if self.generator.engine is None:
+            self.generator.engine = make_engine(self.cfg)
+        if self.search is None:
+            self.search = make_search_backend(self.cfg)
+        engine = self.generator.engine
+        trajectories = run_rollouts(tasks, 1, engine, self.search, engine.tokenizer, self.cfg.agent, self.cfg.search,
+                                    seed=self.cfg.synthesis.seed)
+        return [trajectory.final_answer or "" for trajectory in trajectories]
+
+
 def usage_metrics(summary: dict) -> dict[str, float]:
     metrics = {"data.candidates": summary["candidates"], "data.kept.train": summary["kept"]["train"],
                "data.kept.test": summary["kept"]["test"]}
@@ -94,7 +117,13 @@ def run_data(cfg: DictConfig, tracker: JobRun, out: Path | None, generator=None)
     cached = CachedGenerator(inner, out_dir / CACHE_FILE, s.max_concurrency)
     print(f"synthesising broad tasks from source={s.source} with {cached.model}, judge={judge.name} -> {out_dir}",
           flush=True)
-    synthesizer = Synthesizer(s, cached, judge, out_dir, s.source)
+    baseline_agent = None
+    if s.baseline == "agent":
+        if not isinstance(inner, EngineTextGenerator):
+            raise WideseekError("synthesis.baseline=agent runs the agent on the generator's engine; a test "
+                                "generator has none")
+        baseline_agent = AgentBaseline(cfg, inner)
+    synthesizer = Synthesizer(s, cached, judge, out_dir, s.source, baseline_agent)
     if synthesizer.done:
         print(f"resuming: {len(synthesizer.done)} candidate tasks already decided", flush=True)
 

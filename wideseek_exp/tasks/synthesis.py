@@ -10,8 +10,10 @@ For every source table (tasks/sources.py), `tasks_per_table` times:
   3. filter    answer 1 becomes the gold table when: it has the query's columns, both answers name
                the same key columns, it has at least min_rows rows, answer 2 scored against it with
                OUR WideSearch scorer (scoring/, the configured judge) reaches item F1 >=
-               agreement_threshold, and (unless baseline=none) a closed-book answer to the query
-               scores below baseline_max_item_f1: a task the model answers without searching is too easy.
+               agreement_threshold, and (unless baseline=none) a baseline's answer to the query scores
+               below baseline_max_item_f1: baseline=closed_book asks the generator without any material
+               (a task it answers from memory is too easy), baseline=agent rolls out the configured agent
+               with search (a task it already solves teaches the policy little).
 
 Every task ends in exactly one place, written as it is decided (append, flush, fsync):
   train.jsonl / test.jsonl   kept tasks in the WideSeek-R1 layout (question, answer, is_markdown,
@@ -30,7 +32,7 @@ import os
 import random
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,6 +95,8 @@ Reference material:
 Write the complete answer table in one ```markdown fenced block, with exactly the requested \
 columns. After the block, write one line "Unique columns: <names>" listing the column or columns \
 whose values together identify a row."""
+
+BASELINES = ("closed_book", "agent", "none")
 
 BASELINE_PROMPT = """{query}
 
@@ -225,7 +229,14 @@ def dedup_rows(answer: Answer) -> list[list[str]]:
 
 
 class Synthesizer:
-    def __init__(self, settings, generator: TextGenerator, judge: Judge, out_dir: Path, source: str):
+    def __init__(self, settings, generator: TextGenerator, judge: Judge, out_dir: Path, source: str,
+                 baseline_agent: Callable[[list[TaskRecord]], list[str]] | None = None):
+        """`baseline_agent` answers tasks with an agent (one final response per task): baseline=agent."""
+        if settings.baseline not in BASELINES:
+            raise WideseekError(f"config key 'synthesis.baseline' must be one of {BASELINES} (got {settings.baseline!r})")
+        if settings.baseline == "agent" and baseline_agent is None:
+            raise WideseekError("synthesis.baseline=agent needs an agent to run (the task=data runner provides it)")
+        self.baseline_agent = baseline_agent
         self.s = settings
         self.generator = generator
         self.judge = judge
@@ -355,15 +366,21 @@ class Synthesizer:
                                                     + (f" ({score.reason})" if score.reason else ""))
 
     def stage_difficulty(self, live: list[Candidate]) -> None:
-        prompts = [BASELINE_PROMPT.format(query=c.plan.query) for c in live]
-        for c, reply in zip(live, self.ask("baseline", prompts, 0.0, self.s.max_tokens, self.s.seed)):
-            score = score_response(reply.text, gold_task(c), self.judge)
+        if not live:
+            return
+        if self.s.baseline == "agent":
+            responses = self.baseline_agent([gold_task(c) for c in live])
+        else:
+            prompts = [BASELINE_PROMPT.format(query=c.plan.query) for c in live]
+            responses = [reply.text for reply in self.ask("baseline", prompts, 0.0, self.s.max_tokens, self.s.seed)]
+        for c, response in zip(live, responses):
+            score = score_response(response, gold_task(c), self.judge)
             if score.judge_error:
                 c.dropped("difficulty", "judge_error", score.reason)
                 continue
             c.baseline_item_f1 = score.item_f1
             if score.item_f1 >= self.s.baseline_max_item_f1:
-                c.dropped("difficulty", "too_easy", f"the closed-book baseline reaches item F1 {score.item_f1:.3f}, "
+                c.dropped("difficulty", "too_easy", f"the {self.s.baseline} baseline reaches item F1 {score.item_f1:.3f}, "
                                                     f"at least baseline_max_item_f1={self.s.baseline_max_item_f1}")
 
     # -- outputs
