@@ -321,11 +321,10 @@ def test_agent_baseline_needs_an_agent_and_a_known_name(tmp_path):
 
 def test_agent_baseline_rolls_out_the_configured_agent_with_search(tmp_path):
     """The runner's AgentBaseline: a real rollout (lead, tools, local search) on the generator's engine."""
+    from hydra import compose, initialize_config_dir
     from scripted_engine import TABLE_ANSWER, ScriptedEngine, make_task, tiny_tokenizer, world_config
 
     from wideseek_exp.synthesize import AgentBaseline, EngineTextGenerator
-
-    from hydra import compose, initialize_config_dir
 
     def script(view):
         assert view.role == "single"  # agent=singleseek, as configured
