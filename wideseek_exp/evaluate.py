@@ -97,7 +97,8 @@ def run_eval(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
     total = len(tasks) * samples
     done_before = sum(store.done(task.instance_id, s) for task in tasks for s in range(samples))
     print(f"evaluating {len(tasks)} tasks x {samples} samples, width {cfg.subagents}, agent={cfg.agent.name}, "
-          f"model={cfg.model.name}, engine={cfg.engine.name}, search={cfg.search.name} -> {folder}", flush=True)
+          f"model={cfg.model.name}, engine={cfg.engine.name}, search={cfg.search.name}"
+          + (", policy=scripted" if cfg.agent.policy == "scripted" else "") + f" -> {folder}", flush=True)
     if done_before:
         print(f"resuming: {done_before} of {total} trials already done", flush=True)
 

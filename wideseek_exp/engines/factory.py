@@ -1,4 +1,5 @@
-"""Build the configured engine (engine=hf today; vllm and openai plug in here)."""
+"""Build the configured engine (engine=hf today; vllm and openai plug in here), or the scripted expert
+(agent.policy=scripted) in its place."""
 
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ def model_location(model_cfg: DictConfig) -> str:
 def make_engine(cfg: DictConfig, model_cfg: DictConfig | None = None) -> Engine:
     """The configured engine serving `model_cfg` (default: cfg.model)."""
     model_cfg = cfg.model if model_cfg is None else model_cfg
+    if cfg.agent.policy == "scripted":  # the scripted expert needs only the model's tokenizer
+        from transformers import AutoTokenizer
+
+        from wideseek_exp.agents.expert import ExpertEngine
+
+        return ExpertEngine(AutoTokenizer.from_pretrained(model_location(model_cfg), revision=model_cfg.revision))
     if cfg.engine.name == "hf":
         from wideseek_exp.engines.hf import HFEngine
         from wideseek_exp.models.loader import load_model_and_tokenizer
