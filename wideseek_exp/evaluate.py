@@ -88,7 +88,7 @@ def run_eval(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
     from wideseek_exp.main import build_world
     from wideseek_exp.search.factory import make_search_backend
 
-    if cfg.data.name == "miniweb" or cfg.search.name == "local" or cfg.model.source == "tiny":
+    if cfg.data.name == "miniweb" or cfg.search.name == "local" or cfg.model.source in ("tiny", "tiny_sft"):
         build_world(cfg, quiet=True)  # a no-op when everything is up to date
     tasks = load_eval_tasks(cfg)
     samples = cfg.eval.samples

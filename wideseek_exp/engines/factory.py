@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from wideseek_exp import WideseekError
 from wideseek_exp.engines.base import Engine
@@ -13,10 +13,10 @@ from wideseek_exp.engines.base import Engine
 
 def model_location(model_cfg: DictConfig) -> str:
     """The folder or hub id the model loads from; a tiny model must have been built first."""
-    if model_cfg.source == "tiny":
+    if model_cfg.source in ("tiny", "tiny_sft"):
         folder = Path(model_cfg.path)
         if not (folder / "config.json").is_file():
-            raise WideseekError(f"the tiny model is not built at {folder}; run `python run.py task=build`")
+            raise WideseekError(f"the {model_cfg.name} model is not built at {folder}; run `python run.py task=build`")
         return str(folder)
     return str(model_cfg.path)
 
@@ -29,6 +29,8 @@ def make_engine(cfg: DictConfig, model_cfg: DictConfig | None = None) -> Engine:
 
         from wideseek_exp.agents.expert import ExpertEngine
 
+        if model_cfg.source == "tiny_sft":  # the warm start shares its base's tokenizer, and may not be built
+            model_cfg = OmegaConf.merge(model_cfg, {"source": "tiny", "path": model_cfg.warm_start_from})
         return ExpertEngine(AutoTokenizer.from_pretrained(model_location(model_cfg), revision=model_cfg.revision))
     if cfg.engine.name == "hf":
         from wideseek_exp.engines.hf import HFEngine
