@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup run test test-fast sweep lint clean-generated
+.PHONY: setup run test test-fast sweep demo lint clean-generated
 
 setup: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): requirements.txt constraints.txt
 	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
 	@touch $(STAMP)
 
-# The main job: build the mini-web world and the tiny model if needed, then evaluate the default
+# The main job: build the mini-web world and the tiny model (and its warm start) if needed, then evaluate the default
 # configuration on the mini-web test split; prints the paper-format table, logs to MLflow.
 run: setup
 	$(PY) run.py task=eval $(ARGS)
@@ -32,6 +32,11 @@ test-fast: setup
 # A width sweep of the default configuration (one MLflow child run per width).
 sweep: setup
 	$(PY) run.py +exp=width_sweep -m $(ARGS)
+
+# The CPU recipe (experiments/cpu_demo): warm start, GRPO from it, width sweeps of the expert, the warm
+# start and the GRPO policy; prints item F1 per policy and width, logs it and the plot to MLflow.
+demo: setup
+	$(PY) experiments/cpu_demo/demo.py
 
 lint: setup
 	$(PY) -m ruff check .
