@@ -8,7 +8,7 @@ ARGS ?=
 GPUS ?= 8
 ACCEL ?= zero3
 
-.PHONY: setup run test test-fast sweep train-multi lint clean-generated
+.PHONY: setup run test test-fast sweep demo train-multi lint clean-generated
 
 setup: $(STAMP)
 
@@ -20,7 +20,7 @@ $(STAMP): requirements.txt constraints.txt
 	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
 	@touch $(STAMP)
 
-# The main job: build the mini-web world and the tiny model if needed, then evaluate the default
+# The main job: build the mini-web world and the tiny model (and its warm start) if needed, then evaluate the default
 # configuration on the mini-web test split; prints the paper-format table, logs to MLflow.
 run: setup
 	$(PY) run.py task=eval $(ARGS)
@@ -36,12 +36,17 @@ sweep: setup
 	$(PY) run.py +exp=width_sweep -m $(ARGS)
 
 # Multi-GPU training on one machine: one process per GPU through accelerate, with the parallelism of
-# conf/accelerate/$(ACCEL).yaml (ddp, zero2, zero3; fsdp is refused by task=train). Needs the GPU stack
+# conf/accelerate/$(ACCEL).yaml (ddp, zero2, zero3, fsdp: FSDP version 2). Needs the GPU stack
 # (README: GPU set-up), so it does not run `setup`, which installs the CPU one.
 #   make train-multi GPUS=8 ACCEL=zero3 ARGS="+exp=reproduce_training data.path=... hydra.run.dir=outputs/train/NAME"
 train-multi:
 	$(VENV)/bin/accelerate launch --config_file conf/accelerate/$(ACCEL).yaml --num_processes $(GPUS) \
 		run.py task=train $(ARGS)
+
+# The CPU recipe (experiments/cpu_demo): warm start, GRPO from it, width sweeps of the expert, the warm
+# start and the GRPO policy; prints item F1 per policy and width, logs it and the plot to MLflow.
+demo: setup
+	$(PY) experiments/cpu_demo/demo.py
 
 lint: setup
 	$(PY) -m ruff check .

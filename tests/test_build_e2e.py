@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
     args = (f"paths.generated={root / 'generated'}", f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
-            "tracking.experiment=e2e")
+            "tracking.experiment=e2e", "model=tiny_random")  # the warm start has tests of its own
     return root, args
 
 

@@ -27,7 +27,7 @@ def config(*overrides: str):
     world_config()  # the mini-web world and tiny model exist
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         # gold tables run past the tiny model's 256-token reply budget
-        return compose(config_name="config", overrides=["task=eval", "tracking.enabled=false",
+        return compose(config_name="config", overrides=["task=eval", "tracking.enabled=false", "model=tiny_random",
                                                         "model.max_reply_tokens=4096", *overrides])
 
 
@@ -181,7 +181,7 @@ def test_score_without_responses_is_a_clear_error(tmp_path):
 
 def test_subagents_can_run_on_another_model(tmp_path, monkeypatch):
     """+model@subagent_model=NAME: the lead's requests go to one engine, the subagents' to another."""
-    cfg = config("eval.limit=1", "eval.samples=1", "+model@subagent_model=tiny")
+    cfg = config("eval.limit=1", "eval.samples=1", "+model@subagent_model=tiny_random")
     answer = next(iter(gold_answers(cfg).values()))
 
     def lead(view):

@@ -70,7 +70,7 @@ def train_config(tmp_path: Path, *overrides: str):
     world_config()  # the world and the tiny model, built once
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose(config_name="config", overrides=[
-            "task=train", "trainer=debug", "model.max_reply_tokens=32", "trainer.tasks_per_step=1",
+            "task=train", "trainer=debug", "model=tiny_random", "model.max_reply_tokens=32", "trainer.tasks_per_step=1",
             "trainer.num_generations=2", "eval.limit=1", "eval.samples=1", f"paths.outputs={tmp_path}",
             f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "tracking.experiment=train-e2e", *overrides])
 

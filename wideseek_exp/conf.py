@@ -32,6 +32,8 @@ class Task(StrEnum):
 
 class ModelSource(StrEnum):
     tiny = "tiny"  # built locally by task=build (random weights, our tokenizer)
+    # built locally by task=build: the tiny model above, warm-started by imitating the scripted expert (task=sft)
+    tiny_sft = "tiny_sft"
     hub = "hub"  # a Hugging Face hub id (needs the hub or a warm cache; never used by tests)
     local = "local"  # a model folder on disk
 
@@ -105,7 +107,9 @@ class ModelConfig:
     max_context_tokens: int = 32768  # per agent
     max_reply_tokens: int = 8192  # per reply; agent.max_reply_tokens follows it
     trust_remote_code: bool = False
-    tiny: TinyArchConfig | None = None  # only for source=tiny
+    tiny: TinyArchConfig | None = None  # only for source=tiny / tiny_sft (the base model's architecture)
+    # source=tiny_sft: the random tiny model (built from `tiny`) the warm start begins from
+    warm_start_from: str | None = None
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -160,7 +164,7 @@ class SearchConfig:
 @dataclass
 class AgentConfig:
     name: str = MISSING  # wideseek | singleseek
-    policy: str = "model"  # model | scripted
+    policy: str = "model"  # model | scripted (agents/expert.py: the code baseline; the model gives only its tokenizer)
     max_subagents_per_call: int = II("subagents")  # the width W, stated in the lead's tool description
     lead_max_turns: int = 10
     subagent_max_turns: int = 20
@@ -299,6 +303,20 @@ class TrainerConfig:
 
 
 @dataclass
+class SftConfig:
+    """The imitation warm start (task=sft; task=build makes it for model.source=tiny_sft). The defaults
+    were sized on a 2-core CPU: a few minutes, long enough for the loss to fall well below its start."""
+
+    tasks: int = 32  # train tasks the expert plays (0: all 497); every agent of each becomes one row
+    max_length: int = 1024  # tokens per row (a lead's long context is cut: its early turns stay)
+    expert_max_reply_tokens: int = 4096  # the expert's own reply budget (its final tables are long)
+    max_steps: int = 40  # ~4 min on a loaded 2-core CPU (11 s per step of 4 x 2048 tokens measured)
+    batch_size: int = 4
+    learning_rate: float = 2.0e-3  # a 5M-parameter model from random weights takes a large step
+    seed: int = 0
+
+
+@dataclass
 class ExpConfig:
     name: str = "none"
     train: bool = False  # sweeps: train before evaluating each point
@@ -326,6 +344,7 @@ class Config:
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
     exp: ExpConfig = field(default_factory=ExpConfig)
 
 

@@ -85,7 +85,7 @@ def run_eval(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
     from wideseek_exp.main import build_world
     from wideseek_exp.search.factory import make_search_backend
 
-    if cfg.data.name == "miniweb" or cfg.search.name == "local" or cfg.model.source == "tiny":
+    if cfg.data.name == "miniweb" or cfg.search.name == "local" or cfg.model.source in ("tiny", "tiny_sft"):
         build_world(cfg, quiet=True)  # a no-op when everything is up to date
     tasks = load_eval_tasks(cfg)
     samples = cfg.eval.samples
@@ -94,7 +94,8 @@ def run_eval(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
     total = len(tasks) * samples
     done_before = sum(store.done(task.instance_id, s) for task in tasks for s in range(samples))
     print(f"evaluating {len(tasks)} tasks x {samples} samples, width {cfg.subagents}, agent={cfg.agent.name}, "
-          f"model={cfg.model.name}, engine={cfg.engine.name}, search={cfg.search.name} -> {folder}", flush=True)
+          f"model={cfg.model.name}, engine={cfg.engine.name}, search={cfg.search.name}"
+          + (", policy=scripted" if cfg.agent.policy == "scripted" else "") + f" -> {folder}", flush=True)
     if done_before:
         print(f"resuming: {done_before} of {total} trials already done", flush=True)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from wideseek_exp import WideseekError
+from wideseek_exp.buildinfo import read_stamp
 from wideseek_exp.conf import Task
 from wideseek_exp.tracking import JobRun, job_run, tracking_uri
 
@@ -39,8 +40,14 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not 0 < value <= 1:
             raise WideseekError(f"config key '{key}' must be in (0, 1] (got {value})")
-    if cfg.model.source == "tiny" and cfg.model.tiny is None:
-        raise WideseekError("config key 'model.tiny' is required when model.source=tiny")
+    if cfg.model.source in ("tiny", "tiny_sft") and cfg.model.tiny is None:
+        raise WideseekError(f"config key 'model.tiny' is required when model.source={cfg.model.source}")
+    if cfg.model.source == "tiny_sft" and not cfg.model.warm_start_from:
+        raise WideseekError("config key 'model.warm_start_from' is required when model.source=tiny_sft")
+    if cfg.agent.policy not in ("model", "scripted"):
+        raise WideseekError(f"config key 'agent.policy' must be model or scripted (got {cfg.agent.policy!r})")
+    if cfg.agent.policy == "scripted" and cfg.agent.name != "wideseek":
+        raise WideseekError("agent.policy=scripted plays agent=wideseek only (got agent=" + str(cfg.agent.name) + ")")
 
 
 def output_dir() -> Path | None:
@@ -64,9 +71,10 @@ def run(cfg: DictConfig):
 # --------------------------------------------------------------------------------------------- build
 
 
-def build_world(cfg: DictConfig, force: bool | None = None, quiet: bool = False) -> list:
-    """Corpus, search index, mini-web task sets and (model=tiny) the tiny model; each skipped when its
-    inputs are unchanged. Returns the BuildResults in build order. `quiet` prints only what it builds."""
+def build_world(cfg: DictConfig, force: bool | None = None, quiet: bool = False, warm_start: bool = True) -> list:
+    """Corpus, search index, mini-web task sets, the tiny model (model.source=tiny or tiny_sft) and its
+    imitation warm start (tiny_sft, unless `warm_start` is False); each skipped when its inputs are
+    unchanged. Returns the BuildResults in build order. `quiet` prints only what it builds."""
     from wideseek_exp.search.bm25 import build_index
     from wideseek_exp.search.miniweb import build_corpus, load_pages, read_manifest
     from wideseek_exp.tasks.miniweb import build_tasks
@@ -85,7 +93,7 @@ def build_world(cfg: DictConfig, force: bool | None = None, quiet: bool = False)
     record(build_tasks(Path(paths.miniweb_tasks), seed=cfg.data.seed if cfg.data.name == "miniweb" else 0,
                        force=force))
 
-    if cfg.model.source == "tiny":
+    if cfg.model.source in ("tiny", "tiny_sft"):
         from wideseek_exp.models.tiny import build_tiny_model
 
         manifest = read_manifest(Path(paths.corpus))
@@ -96,8 +104,16 @@ def build_world(cfg: DictConfig, force: bool | None = None, quiet: bool = False)
             for page in load_pages(Path(paths.corpus)):
                 yield page.text
 
-        record(build_tiny_model(Path(cfg.model.path), arch, tokenizer_texts, seed=init_seed, force=force,
+        base = cfg.model.path if cfg.model.source == "tiny" else cfg.model.warm_start_from
+        record(build_tiny_model(Path(base), arch, tokenizer_texts, seed=init_seed, force=force,
                                 inputs_fingerprint=manifest["content_hash"]))
+    # The scripted policy needs only the tokenizer, which the warm start shares with its base.
+    if cfg.model.source == "tiny_sft" and warm_start and cfg.agent.policy != "scripted":
+        from wideseek_exp.sft import build_warm_start
+
+        if not quiet or read_stamp(Path(cfg.model.path)) is None:
+            print(f"tiny-sft: imitation warm start into {cfg.model.path} (minutes on a CPU; cached)", flush=True)
+        record(build_warm_start(cfg, force=force))
     return results
 
 
@@ -141,6 +157,12 @@ def task_score(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
     return run_score(cfg, tracker, out)
 
 
+def task_sft(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
+    from wideseek_exp.sft import run_sft
+
+    return run_sft(cfg, tracker, out)
+
+
 def task_train(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
     from wideseek_exp.train import run_train
 
@@ -181,4 +203,5 @@ TASKS: dict[Task, Callable[[DictConfig, JobRun, Path | None], object]] = {
     Task.train: task_train,
     Task.serve_search: task_serve_search,
     Task.data: task_data,
+    Task.sft: task_sft,
 }

@@ -73,7 +73,7 @@ def run_train(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
                                 "earlier run with hydra.run.dir=<its job folder> or trainer.checkpoint_dir=...")
 
     with state.main_process_first():
-        if cfg.data.name == "miniweb" or cfg.search.name == "local" or cfg.model.source == "tiny":
+        if cfg.data.name == "miniweb" or cfg.search.name == "local" or cfg.model.source in ("tiny", "tiny_sft"):
             from wideseek_exp.main import build_world
 
             build_world(cfg, quiet=True)  # a no-op when everything is up to date

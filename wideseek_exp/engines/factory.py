@@ -1,11 +1,12 @@
-"""Build the configured engine: hf (transformers in this process), vllm (in this process, GPU) or openai (HTTP)."""
+"""Build the configured engine: hf (transformers in this process), vllm (in this process, GPU) or openai
+(HTTP), or the scripted expert (agent.policy=scripted) in its place."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from wideseek_exp import WideseekError
 from wideseek_exp.engines.base import Engine
@@ -13,10 +14,10 @@ from wideseek_exp.engines.base import Engine
 
 def model_location(model_cfg: DictConfig) -> str:
     """The folder or hub id the model loads from; a tiny model must have been built first."""
-    if model_cfg.source == "tiny":
+    if model_cfg.source in ("tiny", "tiny_sft"):
         folder = Path(model_cfg.path)
         if not (folder / "config.json").is_file():
-            raise WideseekError(f"the tiny model is not built at {folder}; run `python run.py task=build`")
+            raise WideseekError(f"the {model_cfg.name} model is not built at {folder}; run `python run.py task=build`")
         return str(folder)
     return str(model_cfg.path)
 
@@ -24,6 +25,14 @@ def model_location(model_cfg: DictConfig) -> str:
 def make_engine(cfg: DictConfig, model_cfg: DictConfig | None = None) -> Engine:
     """The configured engine serving `model_cfg` (default: cfg.model)."""
     model_cfg = cfg.model if model_cfg is None else model_cfg
+    if cfg.agent.policy == "scripted":  # the scripted expert needs only the model's tokenizer
+        from transformers import AutoTokenizer
+
+        from wideseek_exp.agents.expert import ExpertEngine
+
+        if model_cfg.source == "tiny_sft":  # the warm start shares its base's tokenizer, and may not be built
+            model_cfg = OmegaConf.merge(model_cfg, {"source": "tiny", "path": model_cfg.warm_start_from})
+        return ExpertEngine(AutoTokenizer.from_pretrained(model_location(model_cfg), revision=model_cfg.revision))
     if cfg.engine.name == "hf":
         from wideseek_exp.engines.hf import HFEngine
         from wideseek_exp.models.loader import load_model_and_tokenizer

@@ -1,0 +1,140 @@
+"""Imitation warm start (task=sft, and task=build for model=tiny): the scripted expert's trajectories on
+the TRAIN split become supervised rows, and TRL's SFTTrainer fits the tiny model to them.
+
+1. the expert (agents/expert.py) rolls out `sft.tasks` train tasks at width `subagents` through the real
+   rollout and search backend; every agent of every trajectory (lead, list subagent, entity subagents)
+   is one row: its whole context, cut to `sft.max_length` tokens;
+2. the loss is on the expert's reply tokens only: the trajectory's generated-token mask becomes the
+   row's `assistant_masks`, so the prompt, tool results and turn hints are context, never targets;
+3. SFTTrainer (trl==1.16) trains `sft.max_steps` steps from `model.warm_start_from` (the random tiny
+   model) and the result is saved as a model folder (weights, tokenizer, chat template) that a model
+   config loads (conf/model/tiny.yaml).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from wideseek_exp import WideseekError
+from wideseek_exp.buildinfo import BuildResult, build_folder, fingerprint, read_stamp
+
+SFT_VERSION = "sft-1"
+
+
+def expert_rows(cfg: DictConfig, tokenizer, tasks: list, max_length: int) -> tuple[list[dict], dict]:
+    """One row per agent of the expert's trajectories: input_ids and assistant_masks (1 on reply tokens)."""
+    from wideseek_exp.agents.expert import ExpertEngine
+    from wideseek_exp.agents.rollout import run_rollouts
+    from wideseek_exp.search.factory import make_search_backend
+
+    agent_cfg = OmegaConf.merge(cfg.agent, {"temperature": 1.0})
+    # The expert writes whole tables in one reply: its replies are not cut to the model's reply budget.
+    agent_cfg.max_reply_tokens = int(cfg.sft.expert_max_reply_tokens)
+    trajectories = run_rollouts(tasks, 1, ExpertEngine(tokenizer), make_search_backend(cfg), tokenizer, agent_cfg,
+                                cfg.search, cfg.seed)
+    rows, cut = [], 0
+    for trajectory in trajectories:
+        for agent in trajectory.agents:
+            ids, mask = agent.token_ids(), agent.response_mask()
+            cut += len(ids) > max_length
+            ids, mask = ids[:max_length], mask[:max_length]
+            if any(mask):
+                rows.append({"input_ids": ids, "assistant_masks": mask})
+    stats = {"trajectories": len(trajectories), "rows": len(rows), "rows_cut": cut,
+             "tokens": sum(len(r["input_ids"]) for r in rows),
+             "trained_tokens": sum(sum(r["assistant_masks"]) for r in rows)}
+    return rows, stats
+
+
+def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> dict:
+    """Fit the model in folder `base` to the expert's rows and save it to `out_dir`. Returns counts."""
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from wideseek_exp.models.loader import load_model_and_tokenizer
+    from wideseek_exp.tasks.loaders import load_task_set
+
+    sft = cfg.sft
+    tasks = [task for task in load_task_set(cfg.data, "train") if task.is_table]  # never the test split
+    random.Random(sft.seed).shuffle(tasks)
+    tasks = tasks[: sft.tasks] if sft.tasks else tasks
+    model, tokenizer = load_model_and_tokenizer(base, dtype="float32", device="cpu")
+    started = time.perf_counter()
+    rows, stats = expert_rows(cfg, tokenizer, tasks, int(sft.max_length))
+    stats["expert_seconds"] = round(time.perf_counter() - started, 2)
+    if not rows:
+        raise WideseekError("sft: the expert produced no trainable rows (check sft.tasks and data=)")
+    print(f"sft: {stats['rows']} rows ({stats['trained_tokens']} reply tokens of {stats['tokens']}) from "
+          f"{stats['trajectories']} expert trajectories in {stats['expert_seconds']} s", flush=True)
+
+    losses: list[float] = []
+
+    class Record(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+                if log_metrics is not None:
+                    log_metrics({"sft/loss": float(logs["loss"])}, step=state.global_step)
+
+    torch.manual_seed(sft.seed)
+    config = SFTConfig(
+        output_dir=str(out_dir / "trainer"), max_steps=int(sft.max_steps), learning_rate=float(sft.learning_rate),
+        per_device_train_batch_size=int(sft.batch_size), lr_scheduler_type="cosine", warmup_steps=0,
+        weight_decay=0.0, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+        use_cpu=True, seed=int(sft.seed), max_length=int(sft.max_length), packing=False,
+        dataset_text_field="input_ids", remove_unused_columns=False, dataloader_num_workers=0,
+    )
+    model.train()
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer, callbacks=[Record()])
+    started = time.perf_counter()
+    trainer.train()
+    stats["train_seconds"] = round(time.perf_counter() - started, 2)
+    model.eval()
+    model.save_pretrained(out_dir)
+    tokenizer.padding_side = "left"
+    tokenizer.save_pretrained(out_dir)
+    head = losses[: max(1, len(losses) // 10)]
+    tail = losses[-max(1, len(losses) // 10):]
+    stats.update({"steps": len(losses), "loss_first": round(sum(head) / len(head), 4),
+                  "loss_last": round(sum(tail) / len(tail), 4)})
+    print(f"sft: {stats['steps']} steps in {stats['train_seconds']} s, loss {stats['loss_first']} -> "
+          f"{stats['loss_last']}", flush=True)
+    return stats
+
+
+def sft_fingerprint(cfg: DictConfig, base: Path) -> str:
+    base_stamp = (read_stamp(base) or {}).get("fingerprint", "")
+    settings = OmegaConf.to_container(cfg.sft, resolve=True)
+    agent = {k: cfg.agent[k] for k in ("lead_max_turns", "subagent_max_turns", "summarizer", "summary_max_chars")}
+    return fingerprint("tiny-sft", SFT_VERSION, base_stamp, settings, agent, cfg.subagents, cfg.seed)
+
+
+def build_warm_start(cfg: DictConfig, force: bool = False, log_metrics=None) -> BuildResult:
+    """model.path <- the warm start from model.warm_start_from (a no-op when its stamp matches)."""
+    base = Path(cfg.model.warm_start_from)
+    return build_folder("tiny-sft", Path(cfg.model.path), sft_fingerprint(cfg, base),
+                        lambda tmp: train_sft(cfg, str(base), tmp, log_metrics), force=force)
+
+
+def run_sft(cfg: DictConfig, tracker, out: Path | None) -> dict:
+    """task=sft: the world and the base model built if needed, then the warm start into model.path."""
+    from wideseek_exp.main import build_world
+
+    if cfg.model.source != "tiny_sft":
+        raise WideseekError(f"task=sft trains a warm start for model.source=tiny_sft (model={cfg.model.name} has "
+                            f"source={cfg.model.source}); use model=tiny")
+    build_world(cfg, quiet=True, warm_start=False)
+    result = build_warm_start(cfg, force=True, log_metrics=tracker.log_metrics)
+    metrics = {f"sft.{k}": float(v) for k, v in result.counts.items() if isinstance(v, int | float)
+               and math.isfinite(v)}
+    tracker.log_metrics(metrics)
+    print(f"warm start saved to {result.path}")
+    return result.counts
