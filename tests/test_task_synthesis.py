@@ -270,7 +270,7 @@ def test_task_data_on_the_tiny_model_from_the_command_line(tmp_path):
 
     args = ("task=data", "synthesis.source=hybridqa", f"synthesis.hybridqa_tables={TABLES}",
             f"synthesis.hybridqa_passages={PASSAGES}", f"synthesis.out_dir={tmp_path / 'synth'}",
-            "synthesis.max_tokens=4", "tracking.enabled=false")
+            "synthesis.max_tokens=4", "tracking.enabled=false", "model=tiny_random")
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     # The tiny model's random words are no plan: every candidate is dropped, each with its reason.

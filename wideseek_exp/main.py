@@ -178,7 +178,7 @@ def task_serve_search(cfg: DictConfig, tracker: JobRun, out: Path | None) -> Non
         raise WideseekError("task=serve_search serves a backend: choose search=local or search=web "
                             "(search=server is the client of such a server)")
     if cfg.search.name == "local":
-        build_world(cfg, quiet=True)  # a no-op when everything is up to date
+        build_world(cfg, quiet=True, warm_start=False)  # the index is all a server needs
     server = SearchServer(make_search_backend(cfg), cfg.search.host, cfg.search.port, default_top_k=cfg.search.top_k)
     print(f"serving search={cfg.search.name} at {server.url} (POST /retrieve, POST /access, GET /health); "
           f"clients: search=server search.server_url={server.url}", flush=True)

@@ -109,7 +109,7 @@ def run_data(cfg: DictConfig, tracker: JobRun, out: Path | None, generator=None)
     judge = make_judge(cfg.judge)
     inner = generator
     if inner is None:
-        if cfg.model.source == "tiny":
+        if cfg.model.source in ("tiny", "tiny_sft"):
             from wideseek_exp.main import build_world
 
             build_world(cfg, quiet=True)

@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=args.overrides)
+        cfg = compose(config_name="config", overrides=["model=tiny_random", *args.overrides])
     build_world(cfg, force=False)
     rows = {**bench_search(cfg, args.queries, args.seed), **bench_generation(cfg, args.new_tokens, args.batch, args.seed)}
     print(f"\n{'measure':<28}{'value':>12}  target")

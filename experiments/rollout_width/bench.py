@@ -153,7 +153,7 @@ def main() -> None:
                         help="also time the widest run's calls one prompt at a time")
     args = parser.parse_args()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["tracking.enabled=false", *args.overrides])
+        cfg = compose(config_name="config", overrides=["tracking.enabled=false", "model=tiny_random", *args.overrides])
     build_world(cfg, force=False)
 
     model, tokenizer = load_model_and_tokenizer(cfg.model.path, dtype=cfg.model.dtype, device=cfg.engine.device)

@@ -46,7 +46,7 @@ def main() -> int:
     replies = {}
     for engine_name in ("hf", "vllm"):
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=["tracking.enabled=false", f"engine={engine_name}", *overrides])
+            cfg = compose(config_name="config", overrides=["tracking.enabled=false", "model=tiny_random", f"engine={engine_name}", *overrides])
         build_world(cfg, quiet=True)
         engine = make_engine(cfg)
         tokenizer = engine.tokenizer

@@ -62,7 +62,7 @@ def main() -> int:
     results = {}
     for engine in ("hf", "vllm"):
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=["tracking.enabled=false", f"engine={engine}",
+            cfg = compose(config_name="config", overrides=["tracking.enabled=false", "model=tiny_random", f"engine={engine}",
                                                            "model.max_reply_tokens=256", *overrides])
         build_world(cfg, quiet=True)
         tasks = load_eval_tasks(cfg)[: args.tasks]
