@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup run test test-fast sweep lint clean-generated
+.PHONY: setup run test test-fast sweep lint strip-notebooks clean-generated
 
 setup: $(STAMP)
 
@@ -29,12 +29,18 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
-# A width sweep of the default configuration (one MLflow child run per width).
+# The width-scaling recipe at CPU size (conf/exp/width_sweep_cpu.yaml): widths 1, 2, 4, 8 of the default
+# model, each untrained and after a short GRPO run, 12 mini-web tasks x 2 samples; a few minutes. One MLflow
+# child run per point; the parent run gets summary.csv and width_scaling.png (also in the sweep folder).
 sweep: setup
-	$(PY) run.py +exp=width_sweep -m $(ARGS)
+	$(PY) run.py +exp=width_sweep_cpu -m $(ARGS)
 
 lint: setup
 	$(PY) -m ruff check .
+
+# Notebooks are committed without outputs (tests/test_notebooks.py checks).
+strip-notebooks: setup
+	$(PY) notebooks/strip_outputs.py
 
 clean-generated:
 	rm -rf data/generated
