@@ -8,7 +8,7 @@ ARGS ?=
 GPUS ?= 8
 ACCEL ?= zero3
 
-.PHONY: setup run test test-fast sweep demo train-multi lint clean-generated
+.PHONY: setup run test test-fast sweep demo train-multi lint strip-notebooks clean-generated
 
 setup: $(STAMP)
 
@@ -31,9 +31,11 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
-# A width sweep of the default configuration (one MLflow child run per width).
+# The width-scaling recipe at CPU size (conf/exp/width_sweep_cpu.yaml): widths 1, 2, 4, 8 of the default
+# model, each untrained and after a short GRPO run, 12 mini-web tasks x 2 samples; a few minutes. One MLflow
+# child run per point; the parent run gets summary.csv and width_scaling.png (also in the sweep folder).
 sweep: setup
-	$(PY) run.py +exp=width_sweep -m $(ARGS)
+	$(PY) run.py +exp=width_sweep_cpu -m $(ARGS)
 
 # Multi-GPU training on one machine: one process per GPU through accelerate, with the parallelism of
 # conf/accelerate/$(ACCEL).yaml (ddp, zero2, zero3, fsdp: FSDP version 2). Needs the GPU stack
@@ -50,6 +52,10 @@ demo: setup
 
 lint: setup
 	$(PY) -m ruff check .
+
+# Notebooks are committed without outputs (tests/test_notebooks.py checks).
+strip-notebooks: setup
+	$(PY) notebooks/strip_outputs.py
 
 clean-generated:
 	rm -rf data/generated

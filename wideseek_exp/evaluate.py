@@ -20,7 +20,6 @@ import json
 import re
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -107,6 +106,7 @@ def run_eval(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
         subagent_engine = make_subagent_engine(cfg, engine)
         search = make_search_backend(cfg)
         progress = tqdm(total=total, initial=done_before, desc="trials", unit="trial", file=sys.stderr)
+        started = time.perf_counter()  # the rollouts' wall time, without loading the model
 
         def finished(trajectory) -> None:
             nonlocal generated_now
@@ -127,7 +127,8 @@ def run_eval(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
 
     report = score_and_report(cfg, tasks, store.trials, samples, folder, tracker)
     rollout = rollout_metrics([store.trials[(t.instance_id, s)] for t in tasks for s in range(samples)
-                               if store.done(t.instance_id, s)], rollout_seconds, generated_now, stats)
+                               if store.done(t.instance_id, s)], rollout_seconds, generated_now, stats,
+                              agent_roles(cfg))
     tracker.log_metrics({f"rollout.{k}": v for k, v in rollout.items()})
     metrics_path = folder / "metrics.json"
     metrics = json.loads(metrics_path.read_text())
@@ -136,6 +137,11 @@ def run_eval(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
     tracker.log_artifact(metrics_path)
     log_trajectory_samples(store, tracker, folder)
     return report.headline()
+
+
+def agent_roles(cfg: DictConfig) -> tuple[str, ...]:
+    """The roles whose tokens every evaluation of this agent logs (0 when a role generated nothing)."""
+    return ("single",) if cfg.agent.name == "singleseek" else ("lead", "subagent")
 
 
 def make_subagent_engine(cfg: DictConfig, lead_engine):
@@ -154,17 +160,27 @@ def make_subagent_engine(cfg: DictConfig, lead_engine):
     return engine
 
 
-def rollout_metrics(trials: list[dict], seconds: float, generated_now: int, stats) -> dict[str, float]:
-    """Means over trials of what the agents did, and this run's throughput (tokens generated now)."""
+def rollout_metrics(trials: list[dict], seconds: float, generated_now: int, stats,
+                    roles: tuple[str, ...] = ()) -> dict[str, float]:
+    """Means over trials of what the agents did, and this run's throughput (tokens generated now).
+
+    Tokens per role are logged for every role in `roles` (0 when it generated nothing, so that the
+    columns of a sweep line up) and for any other role that appears (the summarizer)."""
     count = max(len(trials), 1)
-    tokens_by_role: dict[str, float] = defaultdict(float)
+    tokens_by_role: dict[str, float] = dict.fromkeys(roles, 0.0)
+    prefill_by_role: dict[str, float] = dict.fromkeys(roles, 0.0)
     for trial in trials:
         for role, tokens in trial["generated_tokens"].items():
-            tokens_by_role[role] += tokens
+            tokens_by_role[role] = tokens_by_role.get(role, 0.0) + tokens
+        for role, tokens in (trial.get("prefill_tokens") or {}).items():
+            prefill_by_role[role] = prefill_by_role.get(role, 0.0) + tokens
+    lead_calls = sum(t["lead_calls"] for t in trials)
     metrics = {
         "trials": len(trials),
         "subagents_mean": sum(t["subagents"] for t in trials) / count,
-        "lead_calls_mean": sum(t["lead_calls"] for t in trials) / count,
+        # the width actually used: subagents started per create_sub_agents call (at most W)
+        "subagents_per_call_mean": sum(t["subagents"] for t in trials) / lead_calls if lead_calls else 0.0,
+        "lead_calls_mean": lead_calls / count,
         "search_calls_mean": sum(t["search_calls"] for t in trials) / count,
         "access_calls_mean": sum(t["access_calls"] for t in trials) / count,
         "table_found_rate": sum(bool(t["table_found"]) for t in trials) / count,
@@ -175,6 +191,8 @@ def rollout_metrics(trials: list[dict], seconds: float, generated_now: int, stat
     }
     for role, tokens in tokens_by_role.items():
         metrics[f"generated_tokens_mean.{role}"] = tokens / count
+    for role, tokens in prefill_by_role.items():
+        metrics[f"prefill_tokens_mean.{role}"] = tokens / count
     flushes = getattr(stats, "flushes", None) or []
     if flushes:
         sizes = [len(getattr(flush, "prompt_lengths", []) or []) or getattr(flush, "size", 0) for flush in flushes]

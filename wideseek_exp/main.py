@@ -146,6 +146,10 @@ def task_build(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
 
 
 def task_eval(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
+    if cfg.exp.train:  # a sweep point that trains first, then evaluates the trained policy
+        from wideseek_exp.train_eval import run_train_then_eval
+
+        return run_train_then_eval(cfg, tracker, out)
     from wideseek_exp.evaluate import run_eval
 
     return run_eval(cfg, tracker, out)

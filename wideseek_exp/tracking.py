@@ -4,10 +4,16 @@
   An unreachable server is an error before any work starts.
 - Each job logs the flattened resolved config as params (prefixed `cfg.`), the YAML as an artifact,
   and tags for git commit, task and width.
+- Each job also logs a few key params under short names (`key_params`: width, model, subagent_model,
+  agent, engine, search, reward, judge, data, seed, samples, trained) and, when it ends, its wall time
+  as the metric `job.wall_seconds`.
 - A sweep (`-m`) gets a parent run from `SweepCallback.on_multirun_start`, which runs once in the
   launching process. Its id is written to `<sweep dir>/mlflow_sweep.json`; every job reads that file
   and tags itself as the parent's child. Jobs that a launcher runs in other processes or on other
   machines (joblib, submitit) find the parent the same way, through the shared sweep folder.
+  The parent's params name what is swept (`sweep.keys`, and `sweep.<key>` = the values). When the
+  sweep ends, even after a failed job, the parent gets `summary.csv` (one row per child) and a
+  scaling plot (wideseek_exp/sweep_report.py), also written into the sweep folder.
 """
 
 from __future__ import annotations
@@ -231,15 +237,42 @@ def job_run(cfg: DictConfig, output_dir: Path | None = None) -> Iterator[JobRun]
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         job.log_params({f"{cfg.tracking.param_prefix}{k}": v for k, v in flatten(resolved).items()})
+        job.log_params(key_params(cfg))
         job.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         job.log_text("\n".join(overrides) + "\n", "overrides.txt")
+        started = time.perf_counter()
         yield job
+        job.log_metrics({"job.wall_seconds": time.perf_counter() - started})
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
         mlflow.end_run(status=status)
+
+
+def key_params(cfg: DictConfig) -> dict[str, Any]:
+    """The params a sweep is read by, under short names (everything is also under `cfg.`).
+
+    `trained` (eval only): whether this job trained the policy before evaluating it (exp.train=true)."""
+    task = cfg.task.value if hasattr(cfg.task, "value") else str(cfg.task)
+    subagent_model = cfg.get("subagent_model")
+    params = {
+        "width": cfg.subagents,
+        "model": cfg.model.name,
+        "subagent_model": subagent_model.name if subagent_model is not None else cfg.model.name,
+        "agent": cfg.agent.name,
+        "engine": cfg.engine.name,
+        "search": cfg.search.name,
+        "reward": cfg.reward.name,
+        "judge": cfg.judge.name,
+        "data": cfg.data.name,
+        "seed": cfg.seed,
+        "samples": cfg.eval.samples,
+    }
+    if task == "eval":
+        params["trained"] = str(bool(cfg.exp.train)).lower()
+    return params
 
 
 def _default_run_name(cfg: DictConfig, overrides: list[str]) -> str:
@@ -256,12 +289,33 @@ def read_sweep_file(sweep_dir: Path) -> dict | None:
         return None
 
 
+def swept_values(config: DictConfig) -> dict[str, list[str]]:
+    """What a multirun sweeps, as Hydra's basic sweeper decides it: hydra.sweeper.params (an exp file's
+    defaults) then the command line, the later override of a key winning. Keys are config paths
+    (`subagents`, `agent.single_max_turns`, `subagent_model` for +model@subagent_model=...)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params_node = config.hydra.sweeper.get("params")
+    lines = [f"{key}={value}" for key, value in (params_node or {}).items()]
+    lines += list(config.hydra.overrides.task)
+    swept: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides(lines):
+        key = override.package or override.key_or_group
+        if override.is_sweep_override():
+            swept[key] = list(override.sweep_string_iterator())
+        else:
+            swept.pop(key, None)
+    return swept
+
+
 class SweepCallback(Callback):
-    """Creates the parent run of a multirun sweep; ends it when the sweep ends (or the process exits)."""
+    """Creates the parent run of a multirun sweep; when the sweep ends (or the process exits after a failed
+    job) it logs the sweep's summary and scaling plot to the parent and ends it."""
 
     def __init__(self) -> None:
         self.run_id: str | None = None
         self.uri: str | None = None
+        self.sweep_dir: Path | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not config.tracking.enabled:
@@ -292,16 +346,17 @@ class SweepCallback(Callback):
             "hydra.overrides": " ".join(overrides),
         }
         run = client.create_run(experiment_id, run_name=f"{name} {time.strftime('%Y-%m-%d %H:%M:%S')}", tags=tags)
-        self.run_id, self.uri = run.info.run_id, uri
-        params_node = config.hydra.sweeper.get("params")
-        sweep_params = OmegaConf.to_container(params_node, resolve=True) if params_node is not None else {}
-        for key, value in {"sweep.overrides": " ".join(overrides), **{f"sweep.{k}": v for k, v in sweep_params.items()}}.items():
+        self.run_id, self.uri, self.sweep_dir = run.info.run_id, uri, sweep_dir
+        swept = swept_values(config)
+        params = {"sweep.overrides": " ".join(overrides), "sweep.keys": ",".join(swept),
+                  **{f"sweep.{key}": ",".join(values) for key, values in swept.items()}}
+        for key, value in params.items():
             client.log_param(self.run_id, key, str(value)[:PARAM_VALUE_LIMIT])
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / SWEEP_FILE).write_text(
             json.dumps({"run_id": self.run_id, "experiment_id": experiment_id, "tracking_uri": uri}, indent=2)
         )
-        atexit.register(self._end, "FAILED")  # the sweep died before on_multirun_end
+        atexit.register(self._end, "FAILED")  # a job failed: Hydra raises before on_multirun_end
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._end("FINISHED")
@@ -311,5 +366,12 @@ class SweepCallback(Callback):
             return
         import mlflow
 
-        mlflow.MlflowClient(self.uri).set_terminated(self.run_id, status=status)
-        self.run_id = None
+        run_id, self.run_id = self.run_id, None
+        client = mlflow.MlflowClient(self.uri)
+        try:  # a report that fails must not hide the sweep's own outcome
+            from wideseek_exp.sweep_report import report_sweep
+
+            report_sweep(client, run_id, self.sweep_dir)
+        except Exception as error:
+            print(f"warning: no summary for sweep run {run_id}: {type(error).__name__}: {error}", file=sys.stderr)
+        client.set_terminated(run_id, status=status)

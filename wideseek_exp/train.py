@@ -39,7 +39,9 @@ from wideseek_exp import WideseekError
 from wideseek_exp.tracking import JobRun
 
 
-def run_train(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
+def run_train(cfg: DictConfig, tracker: JobRun, out: Path | None, evaluate_at_end: bool = True) -> dict:
+    """Train; `evaluate_at_end=False` skips the final evaluation (a caller that evaluates the saved model
+    itself, as a sweep point with exp.train=true does)."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # TRL pings the hub when a trainer starts
     check_train_config(cfg)
     from accelerate import PartialState
@@ -129,7 +131,10 @@ def run_train(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
 
     step = trainer.state.global_step
     # every rank takes the same branch: the evaluation has a barrier
-    final_eval = periodic_eval.results[step] if step in periodic_eval.results else periodic_eval.evaluate(step)
+    if step in periodic_eval.results:
+        final_eval = periodic_eval.results[step]
+    else:
+        final_eval = periodic_eval.evaluate(step) if evaluate_at_end else None
     trainer.save_model(str(folder / "final"))
     summary = {"steps": step, "train_seconds": seconds, "checkpoints": str(checkpoints),
                "final_model": str(folder / "final"), "eval": final_eval}
