@@ -232,3 +232,22 @@ def test_committed_notebooks_have_no_outputs():
     notebooks = sorted((REPO / "notebooks").glob("*.ipynb"))
     assert {path.name for path in notebooks} >= {"width_sweep.ipynb", "training_curves.ipynb"}
     assert strip["main"](["--check", *map(str, notebooks)]) == 0, "run: make strip-notebooks"
+
+
+def test_standard_qa_averages_each_sets_newest_run(tmp_path):
+    """Accuracy per QA set from the newest run of each set, averaged over the sets found."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("standard_qa", artifact_location=(tmp_path / "art").as_uri())
+    for data_path, accuracy in [("qa/one", 0.2), ("qa/two", 0.6), ("qa/one", 0.4)]:  # the last run of qa/one counts
+        run = client.create_run(experiment, tags={"task": "eval"})
+        for key, value in {"model": "wideseek_r1_4b", "agent": "wideseek", "cfg.data.path": data_path}.items():
+            client.log_param(run.info.run_id, key, value)
+        client.log_metric(run.info.run_id, "eval.success_avg", accuracy)
+        client.set_terminated(run.info.run_id)
+    printed = run_script(REPO / "experiments" / "standard_qa" / "compare.py", "--tracking-uri", uri)
+    wideseek = next(line for line in printed.splitlines() if line.startswith("| WideSeek-R1-4B"))
+    assert "| 59.0 / 50.0 |" in wideseek and "| 2 of 7 |" in wideseek  # (40 + 60) / 2
+    assert "| 57.0 / missing |" in printed  # no single-agent runs
