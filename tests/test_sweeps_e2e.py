@@ -1,4 +1,4 @@
-"""Sweeps end to end with the tiny model: `+exp=width_sweep subagents=1,2 exp.train=false,true -m` makes one
+"""Sweeps end to end with the random tiny model (model=tiny_random): `+exp=width_sweep subagents=1,2 exp.train=false,true -m` makes one
 parent run and one child per point (the trained ones train, then evaluate), each with the params and metrics
 a sweep is read by; the parent gets the summary CSV and the width-scaling plot. Both notebooks execute
 against that sweep and a short real training run, the experiments/ scripts print our numbers from it, and
@@ -77,7 +77,7 @@ def test_one_child_per_point_with_the_params_and_metrics_of_a_sweep(width_sweep)
     for run in children:
         assert run.info.status == "FINISHED"
         params, metrics = run.data.params, run.data.metrics
-        for key, value in {"model": "tiny", "subagent_model": "tiny", "agent": "wideseek", "search": "local",
+        for key, value in {"model": "tiny_random", "subagent_model": "tiny_random", "agent": "wideseek", "search": "local",
                            "reward": "wideseek", "judge": "exact", "data": "miniweb", "seed": "0", "samples": "2"}.items():
             assert params[key] == value, key
         assert params["width"] == params["cfg.subagents"] == run.data.tags["width"]
@@ -134,7 +134,7 @@ def test_a_failed_point_leaves_a_summary_of_those_that_finished(store):
     assert sorted(finished["agent.single_max_turns"]) == [2, 3] and set(finished["data.split"]) == {"test"}
     assert summary["item_f1_avg"].notna().sum() == 2
     printed = run_compare("depth_scaling", "--tracking-uri", uri, "--experiment", "depth_sweep")
-    assert "| tiny | 2 | - / 0.0 |" in printed and "| tiny | 3 | - / 0.0 |" in printed
+    assert "| tiny_random | 2 | - / 0.0 |" in printed and "| tiny_random | 3 | - / 0.0 |" in printed
 
 
 # ---------------------------------------------------------------------------------------- notebooks
@@ -230,10 +230,10 @@ def test_compare_scripts_read_the_sweep(result, width_sweep, store):
     args = ["--tracking-uri", store[1]] + (["--experiment", "width_sweep"] if result == "width_scaling" else [])
     printed = run_compare(result, *args)
     if result == "width_scaling":
-        for line in ("| tiny | 1 | - / 0.0 | - / 0.0 |", "| tiny | 2 | - / 0.0 | - / 0.0 |",
-                     "| tiny (trained) | 1 | - / 0.0 | - / 0.0 |", "| tiny (trained) | 2 | - / 0.0 | - / 0.0 |",
+        for line in ("| tiny_random | 1 | - / 0.0 | - / 0.0 |", "| tiny_random | 2 | - / 0.0 | - / 0.0 |",
+                     "| tiny_random (trained) | 1 | - / 0.0 | - / 0.0 |", "| tiny_random (trained) | 2 | - / 0.0 | - / 0.0 |",
                      "| wideseek_r1_4b | 10 | 40.0 / missing | 51.8 / missing |"):
             assert line in printed, printed
-        assert "tiny: ours: flat (no paper curve)" in printed
+        assert "tiny_random: ours: flat (no paper curve)" in printed
     else:
         assert "missing" in printed  # none of the other recipes' experiments is in this store
