@@ -2,11 +2,8 @@
 plot of a parent run (failed children included), the rollout metrics a summary reads, the experiments/
 scripts against an empty store, and notebooks committed without outputs."""
 
-import io
 import runpy
-import sys
 import uuid
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import mlflow
@@ -199,18 +196,6 @@ def test_rollout_metrics_name_the_width_used_and_tokens_of_every_role():
 # ------------------------------------------------------------------------------- experiments, notebooks
 
 
-def run_script(path: Path, *args: str) -> str:
-    """An experiments/ script in this process (faster than a subprocess; it only reads MLflow)."""
-    out, argv = io.StringIO(), sys.argv
-    sys.argv = [str(path), *args]
-    try:
-        with redirect_stdout(out):
-            runpy.run_path(str(path), run_name="__main__")
-    finally:
-        sys.argv = argv
-    return out.getvalue()
-
-
 def test_there_is_one_compare_script_per_paper_result():
     folders = {path.parent.name for path in COMPARE_SCRIPTS}
     assert folders == {"single_agent_table", "multi_agent_table", "width_scaling", "depth_scaling",
@@ -222,6 +207,8 @@ def test_there_is_one_compare_script_per_paper_result():
 
 @pytest.mark.parametrize("script", COMPARE_SCRIPTS, ids=lambda p: p.parent.name)
 def test_compare_scripts_print_missing_against_an_empty_store(script, store):
+    from conftest import run_script
+
     printed = run_script(script, "--tracking-uri", store)  # none of the recipes' experiments is in it
     assert printed.startswith("## ") and "| missing |" in printed.replace(" / missing |", " | missing |")
     assert "paper" in printed
@@ -247,6 +234,8 @@ def test_standard_qa_averages_each_sets_newest_run(tmp_path):
             client.log_param(run.info.run_id, key, value)
         client.log_metric(run.info.run_id, "eval.success_avg", accuracy)
         client.set_terminated(run.info.run_id)
+    from conftest import run_script
+
     printed = run_script(REPO / "experiments" / "standard_qa" / "compare.py", "--tracking-uri", uri)
     wideseek = next(line for line in printed.splitlines() if line.startswith("| WideSeek-R1-4B"))
     assert "| 59.0 / 50.0 |" in wideseek and "| 2 of 7 |" in wideseek  # (40 + 60) / 2

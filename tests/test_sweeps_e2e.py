@@ -4,12 +4,9 @@ a sweep is read by; the parent gets the summary CSV and the width-scaling plot. 
 against that sweep and a short real training run, the experiments/ scripts print our numbers from it, and
 a depth sweep whose failing points fail still gets a summary of the points that finished."""
 
-import io
 import json
 import os
-import runpy
 import sys
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import mlflow
@@ -214,15 +211,9 @@ def test_the_training_curves_notebook_plots_reward_item_f1_and_loss(train_run, s
 
 
 def run_compare(result: str, *args: str) -> str:
-    out, argv = io.StringIO(), sys.argv
-    script = REPO / "experiments" / result / "compare.py"
-    sys.argv = [str(script), *args]
-    try:
-        with redirect_stdout(out):
-            runpy.run_path(str(script), run_name="__main__")
-    finally:
-        sys.argv = argv
-    return out.getvalue()
+    from conftest import run_script
+
+    return run_script(REPO / "experiments" / result / "compare.py", *args)
 
 
 @pytest.mark.parametrize("result", sorted(p.parent.name for p in (REPO / "experiments").glob("*/compare.py")))

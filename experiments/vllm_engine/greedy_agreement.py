@@ -16,13 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engines import engine_config, vllm_unavailable  # noqa: E402
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-
-import wideseek_exp.conf  # noqa: E402,F401
-from wideseek_exp import WideseekError  # noqa: E402
 from wideseek_exp.engines.base import SamplingParams  # noqa: E402
 
 
@@ -31,23 +27,15 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=64)
     args, overrides = parser.parse_known_args()
-    try:
-        from wideseek_exp.engines.vllm import import_vllm
-
-        import_vllm()
-    except WideseekError as error:
-        print(f"vLLM is unavailable here, nothing to compare: {error}")
+    if vllm_unavailable():
         return 0
 
     from wideseek_exp.engines.factory import make_engine
     from wideseek_exp.evaluate import load_eval_tasks
-    from wideseek_exp.main import build_world
 
     replies = {}
     for engine_name in ("hf", "vllm"):
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=["tracking.enabled=false", "model=tiny_random", f"engine={engine_name}", *overrides])
-        build_world(cfg, quiet=True)
+        cfg = engine_config(engine_name, overrides)
         engine = make_engine(cfg)
         tokenizer = engine.tokenizer
         prompts = [tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": task.query}],

@@ -16,13 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from hydra import compose, initialize_config_dir  # noqa: E402
-
-import wideseek_exp.conf  # noqa: E402,F401
-from wideseek_exp import WideseekError  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engines import engine_config, vllm_unavailable  # noqa: E402
 
 
 def rollout_tokens_per_s(cfg, tasks, samples: int) -> tuple[float, int, float]:
@@ -48,23 +43,14 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=16)
     parser.add_argument("--samples", type=int, default=1)
     args, overrides = parser.parse_known_args()
-    try:
-        from wideseek_exp.engines.vllm import import_vllm
-
-        import_vllm()
-    except WideseekError as error:
-        print(f"vLLM is unavailable here, nothing to compare: {error}")
+    if vllm_unavailable():
         return 0
 
     from wideseek_exp.evaluate import load_eval_tasks
-    from wideseek_exp.main import build_world
 
     results = {}
     for engine in ("hf", "vllm"):
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=["tracking.enabled=false", "model=tiny_random", f"engine={engine}",
-                                                           "model.max_reply_tokens=256", *overrides])
-        build_world(cfg, quiet=True)
+        cfg = engine_config(engine, ["model.max_reply_tokens=256", *overrides])
         tasks = load_eval_tasks(cfg)[: args.tasks]
         results[engine] = rollout_tokens_per_s(cfg, tasks, args.samples)
         rate, tokens, seconds = results[engine]
