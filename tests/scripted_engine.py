@@ -82,23 +82,15 @@ class PromptView:
 
 
 def view(text: str) -> PromptView:
-    system = text.split(END, 1)[0]
-    if '"name": "create_sub_agents"' in system:
-        role = "lead"
-    elif '"queries"' in system:
-        role = "subagent"
-    elif '"name": "search"' in system:
-        role = "single"
-    else:
-        role = "summarizer"
-    user = text.split("<|im_start|>user\n", 1)[1].split(END, 1)[0]
+    from wideseek_exp.agents.expert import read_prompt
+
+    chat = read_prompt(text)
     subtask = None
     for marker in ("Your subtask:\n", "你的子任务：\n"):
-        if marker in user:
-            subtask = user.split(marker, 1)[1]
-    results = re.findall(r"<tool_response>\n(.*?)\n</tool_response>", text, re.DOTALL)
-    return PromptView(text, role, text.count("<|im_start|>assistant"), user, subtask,
-                      results[-1] if results else None)
+        if marker in chat.user:
+            subtask = chat.user.split(marker, 1)[1]
+    return PromptView(text, chat.role, chat.turn, chat.user, subtask,
+                      chat.tool_results[-1] if chat.tool_results else None)
 
 
 def tool_call(name: str, arguments: dict, thinking: str | None = "I should use a tool.") -> str:

@@ -95,13 +95,17 @@ class Conversation:
 
 
 def read_prompt(text: str) -> Conversation:
+    """Who is speaking (lead | subagent | single | summarizer, told by the tools the system prompt offers),
+    the first user message, the turn and the tool results so far."""
     system = text.split(END, 1)[0]
     if '"name": "create_sub_agents"' in system:
         role = "lead"
     elif '"queries"' in system:
         role = "subagent"
+    elif '"name": "search"' in system:
+        role = "single"
     else:
-        role = "other"
+        role = "summarizer"
     user = text.split("<|im_start|>user\n", 1)[1].split(END, 1)[0] if "<|im_start|>user\n" in text else ""
     return Conversation(role, system, user, text.count("<|im_start|>assistant"), _TOOL_RESPONSE.findall(text))
 
