@@ -211,3 +211,52 @@ def test_chat_format_refuses_a_prompt_without_turns(server):
     tokenizer = tiny_tokenizer()
     with pytest.raises(WideseekError, match="prompt_format=chat"):
         engine_for(server, prompt_format="chat").generate([tokenizer.encode("no turns here")], SamplingParams())
+
+
+def test_the_page_summariser_can_ask_its_own_engine(server):
+    """agent.summarizer=llm with +engine@summarizer_engine=openai: the access tool's summaries come from the
+    server, while the agents run on their own engine."""
+    from hydra import compose, initialize_config_dir
+    from scripted_engine import REPO, TABLE_ANSWER, FakeSearch, ScriptedEngine, make_task, tool_call, world_config
+
+    from wideseek_exp.agents import run_rollouts
+    from wideseek_exp.evaluate import make_helper_summarizer
+
+    world_config()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "tracking.enabled=false", "model=tiny_random", "agent.summarizer=llm", "subagents=1",
+            "+engine@summarizer_engine=openai", f"summarizer_engine.base_url={server.base_url}"])
+    summarizer = make_helper_summarizer(cfg)
+    assert isinstance(summarizer.engine, OpenAIEngine)
+
+    def script(view):
+        if view.role == "lead":
+            return (tool_call("create_sub_agents", {"sub_agents": [{"prompt": "find the code"}]}) if view.turn == 1
+                    else TABLE_ANSWER)
+        assert view.role == "subagent"  # the agents' engine never sees a summary prompt
+        if view.turn == 1:
+            return tool_call("search", {"queries": [{"query": "Aldova airport", "count": 1}]})
+        if view.turn == 2:
+            url = view.last_tool_result.split("URL: ", 1)[1].split()[0]
+            return tool_call("access", {"urls": [{"url": url, "info_to_extract": "IATA code"}]})
+        return "Report: done."
+
+    tokenizer = tiny_tokenizer()
+    agents = ScriptedEngine(tokenizer, script)
+    (trajectory,) = run_rollouts([make_task()], 1, agents, FakeSearch(), tokenizer, cfg.agent, cfg.search, seed=3,
+                                 summarizer=summarizer)
+    (request,) = server.requests  # one summary, one request
+    assert "Extract this information from the page: IATA code" in tokenizer.decode(request["body"]["prompt"])
+    summary = tokenizer.decode(reply_ids(request["body"]["prompt"], request["body"]["max_tokens"]))
+    assert summary in trajectory.subagents()[0].turns[1].tool_result
+    assert trajectory.generated_tokens["summarizer"] == 4
+
+
+def test_no_helper_summariser_unless_configured():
+    from scripted_engine import world_config
+
+    from wideseek_exp.evaluate import make_helper_summarizer
+
+    cfg = world_config()
+    assert make_helper_summarizer(cfg) is None  # extractive by default; llm alone uses the subagents' engine

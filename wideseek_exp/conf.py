@@ -337,6 +337,12 @@ class Config:
     # The lead-vs-subagent ablation: subagents on another model (+model@subagent_model=NAME); null: `model`
     subagent_model: ModelConfig | None = None
     engine: EngineConfig = MISSING
+    # The page summariser of agent.summarizer=llm on a helper model of its own, as the paper's access tool
+    # uses one: its engine (+engine@summarizer_engine=openai for an API or a `vllm serve` endpoint) and its
+    # model (+model@summarizer_model=NAME; its tokenizer renders the summary prompts). Both null: the
+    # subagents' engine and model summarise.
+    summarizer_engine: EngineConfig | None = None
+    summarizer_model: ModelConfig | None = None
     search: SearchConfig = MISSING
     agent: AgentConfig = MISSING
     reward: RewardConfig = MISSING

@@ -53,6 +53,8 @@ def eval_settings(cfg: DictConfig) -> dict:
         "subagent_model": cfg.subagent_model.path if cfg.subagent_model is not None else None, "search": cfg.search.name, "subagents": cfg.subagents,
         "agent": OmegaConf.to_container(cfg.agent, resolve=True), "data": cfg.data.name, "data_path": cfg.data.path,
         "split": cfg.data.split, "samples": cfg.eval.samples, "seed": cfg.seed,
+        "summarizer_engine": cfg.summarizer_engine.name if cfg.summarizer_engine is not None else None,
+        "summarizer_model": cfg.summarizer_model.path if cfg.summarizer_model is not None else None,
     }
     return json.loads(json.dumps(settings, default=str))
 
@@ -104,6 +106,7 @@ def run_eval(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
 
         engine = make_engine(cfg)
         subagent_engine = make_subagent_engine(cfg, engine)
+        summarizer = make_helper_summarizer(cfg)
         search = make_search_backend(cfg)
         progress = tqdm(total=total, initial=done_before, desc="trials", unit="trial", file=sys.stderr)
         started = time.perf_counter()  # the rollouts' wall time, without loading the model
@@ -116,13 +119,13 @@ def run_eval(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
 
         try:
             run_rollouts(tasks, samples, engine, search, engine.tokenizer, cfg.agent, cfg.search, cfg.seed,
-                         subagent_engine=subagent_engine, on_trajectory=finished, stats=stats, skip=store.done,
-                         max_active_trajectories=cfg.eval.max_active_trajectories)
+                         subagent_engine=subagent_engine, summarizer=summarizer, on_trajectory=finished, stats=stats,
+                         skip=store.done, max_active_trajectories=cfg.eval.max_active_trajectories)
         finally:
             progress.close()
-            engine.close()
-            if subagent_engine is not None:
-                subagent_engine.close()
+            for used in (engine, subagent_engine, getattr(summarizer, "engine", None)):
+                if used is not None:
+                    used.close()
     rollout_seconds = time.perf_counter() - started
 
     report = score_and_report(cfg, tasks, store.trials, samples, folder, tracker)
@@ -158,6 +161,19 @@ def make_subagent_engine(cfg: DictConfig, lead_engine):
         raise WideseekError(f"subagent_model {cfg.subagent_model.name} does not share the tokenizer of model "
                             f"{cfg.model.name}; the lead and subagent models must use one tokenizer")
     return engine
+
+
+def make_helper_summarizer(cfg: DictConfig):
+    """The llm page summariser on its own engine and model (cfg.summarizer_engine / cfg.summarizer_model), or
+    None: the rollout's default summariser (agent.summarizer; an llm one asks the subagents' engine)."""
+    if cfg.agent.summarizer != "llm" or (cfg.summarizer_engine is None and cfg.summarizer_model is None):
+        return None
+    from wideseek_exp.agents import make_summarizer
+    from wideseek_exp.engines.factory import make_engine
+
+    helper_cfg = cfg if cfg.summarizer_engine is None else OmegaConf.merge(cfg, {"engine": cfg.summarizer_engine})
+    engine = make_engine(helper_cfg, cfg.summarizer_model if cfg.summarizer_model is not None else cfg.model)
+    return make_summarizer(cfg.agent, cfg.search, engine.tokenizer, engine)
 
 
 def rollout_metrics(trials: list[dict], seconds: float, generated_now: int, stats,

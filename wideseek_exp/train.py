@@ -49,6 +49,7 @@ def run_train(cfg: DictConfig, tracker: JobRun, out: Path | None, evaluate_at_en
     from datasets import Dataset
     from transformers.trainer_utils import get_last_checkpoint
 
+    from wideseek_exp.evaluate import make_helper_summarizer
     from wideseek_exp.models.loader import resolve_device
     from wideseek_exp.rl.reward import trajectory_reward
     from wideseek_exp.rl.trainer import MultiAgentGRPOTrainer, RolloutSetup
@@ -95,7 +96,7 @@ def run_train(cfg: DictConfig, tracker: JobRun, out: Path | None, evaluate_at_en
         engine_factory=(partial(colocated_vllm_engine, cfg) if cfg.engine.name == "vllm" else
                         partial(hf_engine, max_batch_size=cfg.engine.max_batch_size,
                                 prefix_cache_mb=cfg.engine.prefix_cache_mb)),
-        seed=cfg.seed, record_step=record_step,
+        seed=cfg.seed, record_step=record_step, summarizer=make_helper_summarizer(cfg),
     )
     dataset = Dataset.from_dict({"prompt": [task.query for task in tasks], "task_index": list(range(len(tasks)))})
     trainer = MultiAgentGRPOTrainer(
@@ -313,12 +314,12 @@ def evaluate_policy(cfg: DictConfig, trainer, search, tracker: JobRun, folder: P
     headline = None
     with trainer.policy_for_generation():
         if accelerator.is_main_process:
-            headline = _evaluate(cfg, trainer.policy_engine(), search, tracker, folder, step)
+            headline = _evaluate(cfg, trainer.policy_engine(), search, tracker, folder, step, trainer.rollout.summarizer)
     accelerator.wait_for_everyone()
     return headline
 
 
-def _evaluate(cfg: DictConfig, engine, search, tracker: JobRun, folder: Path, step: int) -> dict:
+def _evaluate(cfg: DictConfig, engine, search, tracker: JobRun, folder: Path, step: int, summarizer=None) -> dict:
     from wideseek_exp.agents import RolloutStats, run_rollouts
     from wideseek_exp.evaluate import (
         eval_settings,
@@ -347,7 +348,7 @@ def _evaluate(cfg: DictConfig, engine, search, tracker: JobRun, folder: Path, st
         generated += sum(trajectory.generated_tokens.values())
 
     run_rollouts(tasks, samples, engine, search, engine.tokenizer, cfg.agent, cfg.search, cfg.seed,
-                 on_trajectory=finished, stats=stats, skip=store.done,
+                 summarizer=summarizer, on_trajectory=finished, stats=stats, skip=store.done,
                  max_active_trajectories=cfg.eval.max_active_trajectories)
     seconds = time.perf_counter() - started
     report = score_and_report(eval_cfg, tasks, store.trials, samples, step_folder, at_step)

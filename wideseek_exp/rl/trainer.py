@@ -133,6 +133,7 @@ class RolloutSetup:
     engine_factory: Callable[[Any, Any], Any]  # (policy model, tokenizer) -> Engine generating with that policy
     seed: int = 0
     record_step: Callable[[int, list[dict]], None] | None = None  # main process: the step's trajectories
+    summarizer: Any = None  # the access tool's summariser on a helper engine of its own; None: agent_cfg's
 
 
 class MultiAgentGRPOTrainer(GRPOTrainer):
@@ -273,7 +274,7 @@ class MultiAgentGRPOTrainer(GRPOTrainer):
         seed = derive_seed(self.rollout.seed, "train", self.state.global_step)
         trajectories = run_rollouts(
             unique_tasks, group, self.policy_engine(), self.rollout.search, self.processing_class,
-            self.rollout.agent_cfg, self.rollout.search_cfg, seed, stats=stats,
+            self.rollout.agent_cfg, self.rollout.search_cfg, seed, stats=stats, summarizer=self.rollout.summarizer,
             skip=lambda instance_id, sample: (instance_id, sample) not in wanted,
         )
         sleep = getattr(self._engine, "sleep", None)  # vLLM's sleep mode hands its GPU memory to training
