@@ -308,11 +308,20 @@ class SftConfig:
     were sized on a 2-core CPU: a few minutes, long enough for the loss to fall well below its start."""
 
     tasks: int = 32  # train tasks the expert plays (0: all 497); every agent of each becomes one row
-    max_length: int = 1024  # tokens per row (a lead's long context is cut: its early turns stay)
+    max_length: int = 1024  # tokens per row
+    # turn: one row per expert reply, after the most recent context that fits in max_length (every reply
+    # is trained, and the context it answers is right before it); agent: one row per agent, its context
+    # cut to the first max_length tokens (the system prompt and tool schemas fill most of it, so only
+    # the first reply or two are trained)
+    rows: str = "turn"
+    # rows=turn: context tokens kept before each reply. Short rows put most of a step's compute into reply
+    # tokens; the recent context holds what a reply copies (the subtask, the search hits, the page)
+    context_tokens: int = 256
     expert_max_reply_tokens: int = 4096  # the expert's own reply budget (its final tables are long)
     max_steps: int = 40  # ~4 min on a loaded 2-core CPU (11 s per step of 4 x 2048 tokens measured)
     batch_size: int = 4
     learning_rate: float = 2.0e-3  # a 5M-parameter model from random weights takes a large step
+    warmup_ratio: float = 0.05  # linear warm-up over this share of the steps (large steps early spike the loss)
     seed: int = 0
 
 

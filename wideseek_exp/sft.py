@@ -26,8 +26,29 @@ from wideseek_exp.buildinfo import BuildResult, build_folder, fingerprint, read_
 SFT_VERSION = "sft-1"
 
 
+def agent_rows(agent, max_length: int, rows: str, context_tokens: int) -> list[tuple[list[int], list[int]]]:
+    """The (input_ids, mask) rows of one agent's context. rows=agent: the whole context, cut to its first
+    `max_length` tokens (early replies only). rows=turn: one row per reply, the reply after the last
+    `context_tokens` tokens of the context before it (the tool result or subtask it answers), all within
+    `max_length`; a reply longer than that keeps its head after a quarter-length context."""
+    if rows == "agent":
+        ids, mask = agent.token_ids(), agent.response_mask()
+        return [(ids[:max_length], mask[:max_length])]
+    out = []
+    for index, turn in enumerate(agent.turns):
+        reply = list(turn.response_ids)
+        if not reply:
+            continue
+        keep = min(context_tokens, max(max_length - len(reply), max_length // 4))
+        context = agent.turn_prompt_ids(index)[-keep:]
+        reply = reply[: max_length - len(context)]
+        out.append((context + reply, [0] * len(context) + [1] * len(reply)))
+    return out
+
+
 def expert_rows(cfg: DictConfig, tokenizer, tasks: list, max_length: int) -> tuple[list[dict], dict]:
-    """One row per agent of the expert's trajectories: input_ids and assistant_masks (1 on reply tokens)."""
+    """Training rows from the expert's trajectories (sft.rows: one per agent or one per reply):
+    input_ids and assistant_masks (1 on reply tokens), and the agent's role."""
     from wideseek_exp.agents.expert import ExpertEngine
     from wideseek_exp.agents.rollout import run_rollouts
     from wideseek_exp.search.factory import make_search_backend
@@ -40,11 +61,10 @@ def expert_rows(cfg: DictConfig, tokenizer, tasks: list, max_length: int) -> tup
     rows, cut = [], 0
     for trajectory in trajectories:
         for agent in trajectory.agents:
-            ids, mask = agent.token_ids(), agent.response_mask()
-            cut += len(ids) > max_length
-            ids, mask = ids[:max_length], mask[:max_length]
-            if any(mask):
-                rows.append({"input_ids": ids, "assistant_masks": mask})
+            cut += len(agent.token_ids()) > max_length
+            for ids, mask in agent_rows(agent, max_length, str(cfg.sft.rows), int(cfg.sft.context_tokens)):
+                if any(mask):
+                    rows.append({"input_ids": ids, "assistant_masks": mask, "role": agent.role})
     stats = {"trajectories": len(trajectories), "rows": len(rows), "rows_cut": cut,
              "tokens": sum(len(r["input_ids"]) for r in rows),
              "trained_tokens": sum(sum(r["assistant_masks"]) for r in rows)}
@@ -62,6 +82,8 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> di
     from wideseek_exp.tasks.loaders import load_task_set
 
     sft = cfg.sft
+    if str(sft.rows) not in ("agent", "turn"):
+        raise WideseekError(f"config key 'sft.rows' must be agent or turn (got {sft.rows!r})")
     tasks = [task for task in load_task_set(cfg.data, "train") if task.is_table]  # never the test split
     random.Random(sft.seed).shuffle(tasks)
     tasks = tasks[: sft.tasks] if sft.tasks else tasks
@@ -86,13 +108,15 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> di
     torch.manual_seed(sft.seed)
     config = SFTConfig(
         output_dir=str(out_dir / "trainer"), max_steps=int(sft.max_steps), learning_rate=float(sft.learning_rate),
-        per_device_train_batch_size=int(sft.batch_size), lr_scheduler_type="cosine", warmup_steps=0,
+        per_device_train_batch_size=int(sft.batch_size), lr_scheduler_type="cosine",
+        warmup_steps=float(sft.warmup_ratio), train_sampling_strategy="group_by_length",
         weight_decay=0.0, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
         use_cpu=True, seed=int(sft.seed), max_length=int(sft.max_length), packing=False,
         dataset_text_field="input_ids", remove_unused_columns=False, dataloader_num_workers=0,
     )
     model.train()
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
+    dataset = Dataset.from_list([{"input_ids": r["input_ids"], "assistant_masks": r["assistant_masks"]} for r in rows])
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset,
                          processing_class=tokenizer, callbacks=[Record()])
     started = time.perf_counter()
     trainer.train()
