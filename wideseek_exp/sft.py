@@ -26,21 +26,27 @@ from wideseek_exp.buildinfo import BuildResult, build_folder, fingerprint, read_
 SFT_VERSION = "sft-1"
 
 
-def agent_rows(agent, max_length: int, rows: str, context_tokens: int) -> list[tuple[list[int], list[int]]]:
+def agent_rows(agent, max_length: int, rows: str, context_tokens: int,
+               keep_prompt: bool) -> list[tuple[list[int], list[int]]]:
     """The (input_ids, mask) rows of one agent's context. rows=agent: the whole context, cut to its first
     `max_length` tokens (early replies only). rows=turn: one row per reply, the reply after the last
-    `context_tokens` tokens of the context before it (the tool result or subtask it answers), all within
-    `max_length`; a reply longer than that keeps its head after a quarter-length context."""
+    `context_tokens` tokens of the context before it (the tool result it answers), preceded (keep_prompt)
+    by the agent's initial prompt (system prompt, tool schemas, task: the prefix inference sees); a row is
+    at most `max_length` tokens, a longer reply keeps its head."""
     if rows == "agent":
         ids, mask = agent.token_ids(), agent.response_mask()
         return [(ids[:max_length], mask[:max_length])]
+    prompt = list(agent.prompt_ids) if keep_prompt else []
     out = []
     for index, turn in enumerate(agent.turns):
         reply = list(turn.response_ids)
         if not reply:
             continue
-        keep = min(context_tokens, max(max_length - len(reply), max_length // 4))
-        context = agent.turn_prompt_ids(index)[-keep:]
+        history = agent.turn_prompt_ids(index)
+        if keep_prompt:
+            history = history[len(prompt):]
+        context = prompt + (history[-context_tokens:] if context_tokens else [])
+        context = context[-max(max_length - len(reply), max_length // 4):]
         reply = reply[: max_length - len(context)]
         out.append((context + reply, [0] * len(context) + [1] * len(reply)))
     return out
@@ -62,7 +68,8 @@ def expert_rows(cfg: DictConfig, tokenizer, tasks: list, max_length: int) -> tup
     for trajectory in trajectories:
         for agent in trajectory.agents:
             cut += len(agent.token_ids()) > max_length
-            for ids, mask in agent_rows(agent, max_length, str(cfg.sft.rows), int(cfg.sft.context_tokens)):
+            for ids, mask in agent_rows(agent, max_length, str(cfg.sft.rows), int(cfg.sft.context_tokens),
+                                       bool(cfg.sft.keep_prompt)):
                 if any(mask):
                     rows.append({"input_ids": ids, "assistant_masks": mask, "role": agent.role})
     stats = {"trajectories": len(trajectories), "rows": len(rows), "rows_cut": cut,
