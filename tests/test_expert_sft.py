@@ -65,6 +65,25 @@ def test_more_width_covers_more_entities_under_the_lead_turn_budget():
     assert mean[8] > mean[1], mean
 
 
+def test_turn_rows_train_every_reply_after_its_recent_context():
+    from wideseek_exp.agents.trajectory import AgentRun, Turn
+    from wideseek_exp.sft import agent_rows
+
+    prompt = list(range(100, 160))  # 60 prompt tokens
+    turns = [Turn([1] * 5, [0.0] * 5, "stop", followup_ids=[2] * 30), Turn([3] * 8, [0.0] * 8, "stop",
+             followup_ids=[4] * 30), Turn([5] * 50, [0.0] * 50, "stop")]
+    agent = AgentRun("subagent", "lead.1.1", "lead", "x", prompt, turns)
+    rows = agent_rows(agent, max_length=64, rows="turn", context_tokens=16, keep_prompt=False)
+    assert [sum(mask) for _, mask in rows] == [5, 8, 48]  # the last reply is cut to fit after a quarter-length context
+    ids, mask = rows[1]
+    assert ids == [2] * 16 + [3] * 8 and mask == [0] * 16 + [1] * 8  # the 16 tokens just before the reply
+    with_prompt = agent_rows(agent, max_length=128, rows="turn", context_tokens=16, keep_prompt=True)
+    assert with_prompt[1][0] == prompt + [2] * 16 + [3] * 8
+    assert with_prompt[0][0] == prompt + [1] * 5
+    whole = agent_rows(agent, max_length=64, rows="agent", context_tokens=16, keep_prompt=False)
+    assert len(whole) == 1 and whole[0][0] == agent.token_ids()[:64]
+
+
 @pytest.mark.slow
 def test_a_short_sft_run_lowers_the_loss_and_saves_a_loadable_model(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -109,7 +128,7 @@ def test_a_short_grpo_run_from_a_warm_start_earns_rewards_and_moves_the_policy(t
     monkeypatch.setattr(sft_module, "expert_rows", final_tables_only)
     warm = tmp_path / "warm"
     cfg = OmegaConf.merge(world_config(), {"data": {"limit": 1}, "sft": {
-        "tasks": 1, "max_steps": 40, "batch_size": 1, "learning_rate": 3e-3, "context_tokens": 0,
+        "tasks": 1, "max_steps": 80, "batch_size": 1, "learning_rate": 3e-3, "context_tokens": 0,
         "keep_prompt": True, "max_length": 2048}})
     stats = sft_module.train_sft(cfg, cfg.model.path, warm)
     assert stats["rows"] == 1 and stats["loss_last"] < stats["loss_first"]
@@ -117,7 +136,7 @@ def test_a_short_grpo_run_from_a_warm_start_earns_rewards_and_moves_the_policy(t
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         train_cfg = compose(config_name="config", overrides=[
             "task=train", "trainer=debug", "model=tiny_random", "model.source=local", f"model.path={warm}",
-            "model.max_reply_tokens=1024", "data.limit=1", "trainer.max_steps=1", "trainer.tasks_per_step=1",
+            "model.max_reply_tokens=1024", "agent.temperature=0.5", "data.limit=1", "trainer.max_steps=1", "trainer.tasks_per_step=1",
             "trainer.num_generations=4", "trainer.eval_every=0", "trainer.save_every=0", "eval.limit=1",
             "eval.samples=1", f"paths.outputs={tmp_path}",
             f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "tracking.experiment=grpo-warm-start"])

@@ -2,8 +2,11 @@
 the TRAIN split become supervised rows, and TRL's SFTTrainer fits the tiny model to them.
 
 1. the expert (agents/expert.py) rolls out `sft.tasks` train tasks at width `subagents` through the real
-   rollout and search backend; every agent of every trajectory (lead, list subagent, entity subagents)
-   is one row: its whole context, cut to `sft.max_length` tokens;
+   rollout and search backend; every reply of every agent (lead, list subagent, entity subagents) is one
+   row (sft.rows=turn): the reply after the last `sft.context_tokens` tokens of its context, optionally
+   after the agent's initial prompt (sft.keep_prompt). Short rows spend the step on reply tokens (38% of
+   a row at the defaults; one row per agent cut at 1024 tokens, sft.rows=agent, trains 5%, mostly the
+   first reply, as the system prompt and tool schemas fill the row);
 2. the loss is on the expert's reply tokens only: the trajectory's generated-token mask becomes the
    row's `assistant_masks`, so the prompt, tool results and turn hints are context, never targets;
 3. SFTTrainer (trl==1.16) trains `sft.max_steps` steps from `model.warm_start_from` (the random tiny
