@@ -84,6 +84,18 @@ def test_turn_rows_train_every_reply_after_its_recent_context():
     assert len(whole) == 1 and whole[0][0] == agent.token_ids()[:64]
 
 
+def test_a_width_sweep_evaluates_one_warm_start():
+    from pathlib import Path
+
+    from wideseek_exp.sft import sft_fingerprint
+
+    cfg = world_config()
+    base = Path(cfg.model.path)
+    prints = {sft_fingerprint(OmegaConf.merge(cfg, {"subagents": width}), base) for width in (1, 2, 4, 8)}
+    assert len(prints) == 1  # the demonstrations' width is sft.width, not the run's
+    assert sft_fingerprint(OmegaConf.merge(cfg, {"sft": {"width": 8}}), base) not in prints
+
+
 @pytest.mark.slow
 def test_a_short_sft_run_lowers_the_loss_and_saves_a_loadable_model(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer

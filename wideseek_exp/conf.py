@@ -225,6 +225,9 @@ class DataConfig:
 class EvalConfig:
     samples: int = 4  # trials per task (Avg@4 / Max@4 / Pass@4)
     limit: int | None = None  # first N tasks of the split (sampling settings live in agent.*)
+    # every N-th task of the split, before `limit`: a split stored family by family gives a small subset
+    # that spans the families (its first 8 mini-web test tasks are all one family)
+    stride: int = 1
     # Trajectories in flight at once. Each brings its lead and its subagents to the engine's batches;
     # more keeps batches full, fewer lets trials finish (and be saved) sooner.
     max_active_trajectories: int = II("engine.max_batch_size")
@@ -322,6 +325,9 @@ class SftConfig:
     # the prefix inference sees and a short window loses. ~950 more tokens per row with our prompts: off
     # by default, as the build budget then buys a quarter of the steps
     keep_prompt: bool = False
+    # the expert's width W in the demonstrations; fixed, not `subagents`, so that a width sweep of the
+    # warm start evaluates one model (it is the lead's W in its prompt, so the warm start sees W=4 only)
+    width: int = 4
     expert_max_reply_tokens: int = 4096  # the expert's own reply budget (its final tables are long)
     # Many small steps: at 40 steps the model still predicts unigrams; by 240 it has the reply templates
     # (mean reply-token loss 6.1 -> 1.7). ~1.2 s per step of 8 rows on an idle 2-core CPU, ~2.7 s loaded

@@ -1,7 +1,7 @@
 """Imitation warm start (task=sft, and task=build for model=tiny): the scripted expert's trajectories on
 the TRAIN split become supervised rows, and TRL's SFTTrainer fits the tiny model to them.
 
-1. the expert (agents/expert.py) rolls out `sft.tasks` train tasks at width `subagents` through the real
+1. the expert (agents/expert.py) rolls out `sft.tasks` train tasks at width `sft.width` through the real
    rollout and search backend; every reply of every agent (lead, list subagent, entity subagents) is one
    row (sft.rows=turn): the reply after the last `sft.context_tokens` tokens of its context, optionally
    after the agent's initial prompt (sft.keep_prompt). Short rows spend the step on reply tokens (38% of
@@ -65,6 +65,7 @@ def expert_rows(cfg: DictConfig, tokenizer, tasks: list, max_length: int) -> tup
     agent_cfg = OmegaConf.merge(cfg.agent, {"temperature": 1.0})
     # The expert writes whole tables in one reply: its replies are not cut to the model's reply budget.
     agent_cfg.max_reply_tokens = int(cfg.sft.expert_max_reply_tokens)
+    agent_cfg.max_subagents_per_call = int(cfg.sft.width)
     trajectories = run_rollouts(tasks, 1, ExpertEngine(tokenizer), make_search_backend(cfg), tokenizer, agent_cfg,
                                 cfg.search, cfg.seed)
     rows, cut = [], 0
@@ -146,9 +147,10 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> di
 
 def sft_fingerprint(cfg: DictConfig, base: Path) -> str:
     base_stamp = (read_stamp(base) or {}).get("fingerprint", "")
-    settings = OmegaConf.to_container(cfg.sft, resolve=True)
+    settings = {k: v for k, v in OmegaConf.to_container(cfg.sft, resolve=True).items() if k != "width"}
     agent = {k: cfg.agent[k] for k in ("lead_max_turns", "subagent_max_turns", "summarizer", "summary_max_chars")}
-    return fingerprint("tiny-sft", SFT_VERSION, base_stamp, settings, agent, cfg.subagents, cfg.seed)
+    # sft.width, not the run's `subagents`: a width sweep evaluates one warm start, it does not rebuild it
+    return fingerprint("tiny-sft", SFT_VERSION, base_stamp, settings, agent, int(cfg.sft.width), cfg.seed)
 
 
 def build_warm_start(cfg: DictConfig, force: bool = False, log_metrics=None) -> BuildResult:
