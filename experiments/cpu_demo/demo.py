@@ -42,7 +42,8 @@ def sweep_f1(experiment: str) -> dict[int, float]:
     runs = mlflow.search_runs(experiment_names=[experiment], order_by=["attributes.start_time DESC"])
     runs = runs[runs["tags.mlflow.parentRunId"].notna()] if "tags.mlflow.parentRunId" in runs else runs
     newest = runs[runs["tags.mlflow.parentRunId"] == runs["tags.mlflow.parentRunId"].iloc[0]]
-    return {int(w): float(f1) for w, f1 in zip(newest["params.cfg.subagents"], newest["metrics.eval.item_f1_avg"])}
+    # the metric is a fraction; the tables print percent
+    return {int(w): 100 * float(f1) for w, f1 in zip(newest["params.cfg.subagents"], newest["metrics.eval.item_f1_avg"])}
 
 
 def main() -> None:
