@@ -200,3 +200,12 @@ def test_subagents_can_run_on_another_model(tmp_path, monkeypatch):
     assert len(engines["lead"].batches) == 2 and len(engines["subagent"].batches) == 1
     assert headline["item_f1_avg@1"] == pytest.approx(1.0)
     assert json.loads((tmp_path / "eval_settings.json").read_text())["subagent_model"].endswith("models/tiny")
+
+
+def test_eval_stride_takes_a_spread_of_the_split_before_the_limit():
+    from wideseek_exp.evaluate import load_eval_tasks
+
+    split = list(load_task_set(config().data, "test"))
+    tasks = load_eval_tasks(config("eval.stride=15", "eval.limit=8"))
+    assert [t.instance_id for t in tasks] == [t.instance_id for t in split[::15][:8]]
+    assert len({t.meta["family"] for t in tasks}) > len({t.meta["family"] for t in split[:8]})

@@ -65,6 +65,37 @@ def test_more_width_covers_more_entities_under_the_lead_turn_budget():
     assert mean[8] > mean[1], mean
 
 
+def test_turn_rows_train_every_reply_after_its_recent_context():
+    from wideseek_exp.agents.trajectory import AgentRun, Turn
+    from wideseek_exp.sft import agent_rows
+
+    prompt = list(range(100, 160))  # 60 prompt tokens
+    turns = [Turn([1] * 5, [0.0] * 5, "stop", followup_ids=[2] * 30), Turn([3] * 8, [0.0] * 8, "stop",
+             followup_ids=[4] * 30), Turn([5] * 50, [0.0] * 50, "stop")]
+    agent = AgentRun("subagent", "lead.1.1", "lead", "x", prompt, turns)
+    rows = agent_rows(agent, max_length=64, rows="turn", context_tokens=16, keep_prompt=False)
+    assert [sum(mask) for _, mask in rows] == [5, 8, 48]  # the last reply is cut to fit after a quarter-length context
+    ids, mask = rows[1]
+    assert ids == [2] * 16 + [3] * 8 and mask == [0] * 16 + [1] * 8  # the 16 tokens just before the reply
+    with_prompt = agent_rows(agent, max_length=128, rows="turn", context_tokens=16, keep_prompt=True)
+    assert with_prompt[1][0] == prompt + [2] * 16 + [3] * 8
+    assert with_prompt[0][0] == prompt + [1] * 5
+    whole = agent_rows(agent, max_length=64, rows="agent", context_tokens=16, keep_prompt=False)
+    assert len(whole) == 1 and whole[0][0] == agent.token_ids()[:64]
+
+
+def test_a_width_sweep_evaluates_one_warm_start():
+    from pathlib import Path
+
+    from wideseek_exp.sft import sft_fingerprint
+
+    cfg = world_config()
+    base = Path(cfg.model.path)
+    prints = {sft_fingerprint(OmegaConf.merge(cfg, {"subagents": width}), base) for width in (1, 2, 4, 8)}
+    assert len(prints) == 1  # the demonstrations' width is sft.width, not the run's
+    assert sft_fingerprint(OmegaConf.merge(cfg, {"sft": {"width": 8}}), base) not in prints
+
+
 @pytest.mark.slow
 def test_a_short_sft_run_lowers_the_loss_and_saves_a_loadable_model(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -81,3 +112,59 @@ def test_a_short_sft_run_lowers_the_loss_and_saves_a_loadable_model(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
     assert model.config.model_type == "qwen3" and tokenizer.chat_template == tiny_tokenizer().chat_template
+
+
+@pytest.mark.slow
+def test_a_short_grpo_run_from_a_warm_start_earns_rewards_and_moves_the_policy(tmp_path, monkeypatch):
+    """A test-sized warm start, then one GRPO step from it on the same train task. The warm start fits only
+    the lead's final table of one expert trajectory (the quickest reply to learn that the reward pays for:
+    a valid table earns the format bonus), so its rollouts write tables and the rewards are above zero;
+    the step then moves the weights."""
+    import mlflow
+    from hydra import compose, initialize_config_dir
+    from safetensors.torch import load_file
+    from scripted_engine import REPO
+
+    import wideseek_exp.sft as sft_module
+    from wideseek_exp.tracking import job_run
+    from wideseek_exp.train import run_train
+
+    real_rows = sft_module.expert_rows
+
+    def final_tables_only(*args, **kwargs):
+        rows, stats = real_rows(*args, **kwargs)
+        rows = [r for r in rows if r["role"] == "lead" and "```markdown" in tiny_tokenizer().decode(
+            [t for t, m in zip(r["input_ids"], r["assistant_masks"]) if m])]
+        return rows, {**stats, "rows": len(rows)}
+
+    monkeypatch.setattr(sft_module, "expert_rows", final_tables_only)
+    warm = tmp_path / "warm"
+    cfg = OmegaConf.merge(world_config(), {"data": {"limit": 1}, "sft": {
+        "tasks": 1, "max_steps": 80, "batch_size": 1, "learning_rate": 3e-3, "context_tokens": 0,
+        "keep_prompt": True, "max_length": 2048}})
+    stats = sft_module.train_sft(cfg, cfg.model.path, warm)
+    assert stats["rows"] == 1 and stats["loss_last"] < stats["loss_first"]
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        train_cfg = compose(config_name="config", overrides=[
+            "task=train", "trainer=debug", "model=tiny_random", "model.source=local", f"model.path={warm}",
+            "model.max_reply_tokens=1024", "agent.temperature=0.5", "data.limit=1", "trainer.max_steps=1", "trainer.tasks_per_step=1",
+            "trainer.num_generations=4", "trainer.eval_every=0", "trainer.save_every=0", "eval.limit=1",
+            "eval.samples=1", f"paths.outputs={tmp_path}",
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "tracking.experiment=grpo-warm-start"])
+    out = tmp_path / "job"
+    out.mkdir()
+    with job_run(train_cfg, out) as tracker:
+        run_id = tracker.run_id
+        summary = run_train(train_cfg, tracker, out)
+    assert summary["steps"] == 1
+    rewards = mlflow.MlflowClient(train_cfg.tracking.uri).get_metric_history(run_id, "reward/mean")
+    assert [m.step for m in rewards] == [1] and rewards[0].value > 0
+    trained, initial = load_file(out / "final" / "model.safetensors"), load_file(warm / "model.safetensors")
+    assert any(not torch_equal(trained[name], initial[name]) for name in initial)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)

@@ -225,6 +225,9 @@ class DataConfig:
 class EvalConfig:
     samples: int = 4  # trials per task (Avg@4 / Max@4 / Pass@4)
     limit: int | None = None  # first N tasks of the split (sampling settings live in agent.*)
+    # every N-th task of the split, before `limit`: a split stored family by family gives a small subset
+    # that spans the families (its first 8 mini-web test tasks are all one family)
+    stride: int = 1
     # Trajectories in flight at once. Each brings its lead and its subagents to the engine's batches;
     # more keeps batches full, fewer lets trials finish (and be saved) sooner.
     max_active_trajectories: int = II("engine.max_batch_size")
@@ -308,11 +311,30 @@ class SftConfig:
     were sized on a 2-core CPU: a few minutes, long enough for the loss to fall well below its start."""
 
     tasks: int = 32  # train tasks the expert plays (0: all 497); every agent of each becomes one row
-    max_length: int = 1024  # tokens per row (a lead's long context is cut: its early turns stay)
+    max_length: int = 1024  # tokens per row
+    # turn: one row per expert reply, after the most recent context that fits in max_length (every reply
+    # is trained, and the context it answers is right before it); agent: one row per agent, its context
+    # cut to the first max_length tokens (the system prompt and tool schemas fill most of it, so only
+    # the first reply or two are trained)
+    rows: str = "turn"
+    # rows=turn: context tokens kept before each reply. Short rows put most of a step's compute into reply
+    # tokens (38% at 128, against 5% for rows=agent at 1024); the recent context holds what a reply
+    # copies (the subtask, the search hits, the page)
+    context_tokens: int = 128
+    # rows=turn: also start every row with the agent's initial prompt (system prompt, tool schemas, task),
+    # the prefix inference sees and a short window loses. ~950 more tokens per row with our prompts: off
+    # by default, as the build budget then buys a quarter of the steps
+    keep_prompt: bool = False
+    # the expert's width W in the demonstrations; fixed, not `subagents`, so that a width sweep of the
+    # warm start evaluates one model (it is the lead's W in its prompt, so the warm start sees W=4 only)
+    width: int = 4
     expert_max_reply_tokens: int = 4096  # the expert's own reply budget (its final tables are long)
-    max_steps: int = 40  # ~4 min on a loaded 2-core CPU (11 s per step of 4 x 2048 tokens measured)
-    batch_size: int = 4
+    # Many small steps: at 40 steps the model still predicts unigrams; by 240 it has the reply templates
+    # (mean reply-token loss 6.1 -> 1.7). ~1.2 s per step of 8 rows on an idle 2-core CPU, ~2.7 s loaded
+    max_steps: int = 240
+    batch_size: int = 8
     learning_rate: float = 2.0e-3  # a 5M-parameter model from random weights takes a large step
+    warmup_ratio: float = 0.05  # linear warm-up over this share of the steps (large steps early spike the loss)
     seed: int = 0
 
 

@@ -1,7 +1,7 @@
 """task=eval and task=score: rollouts on a task set, WideSearch scoring, the paper's table, MLflow.
 
 task=eval
-    1. load the task split (data=...), first eval.limit tasks;
+    1. load the task split (data=...), every eval.stride-th task, the first eval.limit of them;
     2. roll out eval.samples trials per task with the configured agent, engine and search backend,
        every trial written to the job folder as it finishes (trialstore.py); a rerun on the same
        folder (hydra.run.dir=...) skips finished trials;
@@ -37,7 +37,7 @@ TRAJECTORY_SAMPLES = 5  # whole trajectories logged to MLflow per evaluation (al
 
 
 def load_eval_tasks(cfg: DictConfig) -> list[TaskRecord]:
-    tasks = list(load_task_set(cfg.data, cfg.data.split))
+    tasks = list(load_task_set(cfg.data, cfg.data.split))[:: cfg.eval.stride]
     if cfg.eval.limit is not None:
         tasks = tasks[: cfg.eval.limit]
     # Table and deep-QA tasks alike: the scorer grades a QA task by its boxed answer.

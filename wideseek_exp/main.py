@@ -30,7 +30,7 @@ def validate(cfg: DictConfig) -> None:
         if value is not None and value < minimum:
             raise WideseekError(f"config key '{key}' must be at least {minimum} (got {value})")
 
-    for key in ("subagents", "eval.samples", "eval.max_active_trajectories", "engine.max_batch_size", "search.top_k", "trainer.num_generations",
+    for key in ("subagents", "eval.samples", "eval.stride", "eval.max_active_trajectories", "engine.max_batch_size", "search.top_k", "trainer.num_generations",
                 "agent.lead_max_turns", "agent.subagent_max_turns", "agent.single_max_turns",
                 "agent.max_queries_per_call", "agent.max_urls_per_call", "agent.max_reply_tokens"):
         at_least(key, 1)

@@ -1,9 +1,12 @@
 """Imitation warm start (task=sft, and task=build for model=tiny): the scripted expert's trajectories on
 the TRAIN split become supervised rows, and TRL's SFTTrainer fits the tiny model to them.
 
-1. the expert (agents/expert.py) rolls out `sft.tasks` train tasks at width `subagents` through the real
-   rollout and search backend; every agent of every trajectory (lead, list subagent, entity subagents)
-   is one row: its whole context, cut to `sft.max_length` tokens;
+1. the expert (agents/expert.py) rolls out `sft.tasks` train tasks at width `sft.width` through the real
+   rollout and search backend; every reply of every agent (lead, list subagent, entity subagents) is one
+   row (sft.rows=turn): the reply after the last `sft.context_tokens` tokens of its context, optionally
+   after the agent's initial prompt (sft.keep_prompt). Short rows spend the step on reply tokens (38% of
+   a row at the defaults; one row per agent cut at 1024 tokens, sft.rows=agent, trains 5%, mostly the
+   first reply, as the system prompt and tool schemas fill the row);
 2. the loss is on the expert's reply tokens only: the trajectory's generated-token mask becomes the
    row's `assistant_masks`, so the prompt, tool results and turn hints are context, never targets;
 3. SFTTrainer (trl==1.16) trains `sft.max_steps` steps from `model.warm_start_from` (the random tiny
@@ -26,8 +29,35 @@ from wideseek_exp.buildinfo import BuildResult, build_folder, fingerprint, read_
 SFT_VERSION = "sft-1"
 
 
+def agent_rows(agent, max_length: int, rows: str, context_tokens: int,
+               keep_prompt: bool) -> list[tuple[list[int], list[int]]]:
+    """The (input_ids, mask) rows of one agent's context. rows=agent: the whole context, cut to its first
+    `max_length` tokens (early replies only). rows=turn: one row per reply, the reply after the last
+    `context_tokens` tokens of the context before it (the tool result it answers), preceded (keep_prompt)
+    by the agent's initial prompt (system prompt, tool schemas, task: the prefix inference sees); a row is
+    at most `max_length` tokens, a longer reply keeps its head."""
+    if rows == "agent":
+        ids, mask = agent.token_ids(), agent.response_mask()
+        return [(ids[:max_length], mask[:max_length])]
+    prompt = list(agent.prompt_ids) if keep_prompt else []
+    out = []
+    for index, turn in enumerate(agent.turns):
+        reply = list(turn.response_ids)
+        if not reply:
+            continue
+        history = agent.turn_prompt_ids(index)
+        if keep_prompt:
+            history = history[len(prompt):]
+        context = prompt + (history[-context_tokens:] if context_tokens else [])
+        context = context[-max(max_length - len(reply), max_length // 4):]
+        reply = reply[: max_length - len(context)]
+        out.append((context + reply, [0] * len(context) + [1] * len(reply)))
+    return out
+
+
 def expert_rows(cfg: DictConfig, tokenizer, tasks: list, max_length: int) -> tuple[list[dict], dict]:
-    """One row per agent of the expert's trajectories: input_ids and assistant_masks (1 on reply tokens)."""
+    """Training rows from the expert's trajectories (sft.rows: one per agent or one per reply):
+    input_ids and assistant_masks (1 on reply tokens), and the agent's role."""
     from wideseek_exp.agents.expert import ExpertEngine
     from wideseek_exp.agents.rollout import run_rollouts
     from wideseek_exp.search.factory import make_search_backend
@@ -35,16 +65,17 @@ def expert_rows(cfg: DictConfig, tokenizer, tasks: list, max_length: int) -> tup
     agent_cfg = OmegaConf.merge(cfg.agent, {"temperature": 1.0})
     # The expert writes whole tables in one reply: its replies are not cut to the model's reply budget.
     agent_cfg.max_reply_tokens = int(cfg.sft.expert_max_reply_tokens)
+    agent_cfg.max_subagents_per_call = int(cfg.sft.width)
     trajectories = run_rollouts(tasks, 1, ExpertEngine(tokenizer), make_search_backend(cfg), tokenizer, agent_cfg,
                                 cfg.search, cfg.seed)
     rows, cut = [], 0
     for trajectory in trajectories:
         for agent in trajectory.agents:
-            ids, mask = agent.token_ids(), agent.response_mask()
-            cut += len(ids) > max_length
-            ids, mask = ids[:max_length], mask[:max_length]
-            if any(mask):
-                rows.append({"input_ids": ids, "assistant_masks": mask})
+            cut += len(agent.token_ids()) > max_length
+            for ids, mask in agent_rows(agent, max_length, str(cfg.sft.rows), int(cfg.sft.context_tokens),
+                                       bool(cfg.sft.keep_prompt)):
+                if any(mask):
+                    rows.append({"input_ids": ids, "assistant_masks": mask, "role": agent.role})
     stats = {"trajectories": len(trajectories), "rows": len(rows), "rows_cut": cut,
              "tokens": sum(len(r["input_ids"]) for r in rows),
              "trained_tokens": sum(sum(r["assistant_masks"]) for r in rows)}
@@ -62,6 +93,8 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> di
     from wideseek_exp.tasks.loaders import load_task_set
 
     sft = cfg.sft
+    if str(sft.rows) not in ("agent", "turn"):
+        raise WideseekError(f"config key 'sft.rows' must be agent or turn (got {sft.rows!r})")
     tasks = [task for task in load_task_set(cfg.data, "train") if task.is_table]  # never the test split
     random.Random(sft.seed).shuffle(tasks)
     tasks = tasks[: sft.tasks] if sft.tasks else tasks
@@ -86,13 +119,15 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> di
     torch.manual_seed(sft.seed)
     config = SFTConfig(
         output_dir=str(out_dir / "trainer"), max_steps=int(sft.max_steps), learning_rate=float(sft.learning_rate),
-        per_device_train_batch_size=int(sft.batch_size), lr_scheduler_type="cosine", warmup_steps=0,
+        per_device_train_batch_size=int(sft.batch_size), lr_scheduler_type="cosine",
+        warmup_steps=float(sft.warmup_ratio), train_sampling_strategy="group_by_length",
         weight_decay=0.0, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
         use_cpu=True, seed=int(sft.seed), max_length=int(sft.max_length), packing=False,
         dataset_text_field="input_ids", remove_unused_columns=False, dataloader_num_workers=0,
     )
     model.train()
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
+    dataset = Dataset.from_list([{"input_ids": r["input_ids"], "assistant_masks": r["assistant_masks"]} for r in rows])
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset,
                          processing_class=tokenizer, callbacks=[Record()])
     started = time.perf_counter()
     trainer.train()
@@ -112,9 +147,10 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> di
 
 def sft_fingerprint(cfg: DictConfig, base: Path) -> str:
     base_stamp = (read_stamp(base) or {}).get("fingerprint", "")
-    settings = OmegaConf.to_container(cfg.sft, resolve=True)
+    settings = {k: v for k, v in OmegaConf.to_container(cfg.sft, resolve=True).items() if k != "width"}
     agent = {k: cfg.agent[k] for k in ("lead_max_turns", "subagent_max_turns", "summarizer", "summary_max_chars")}
-    return fingerprint("tiny-sft", SFT_VERSION, base_stamp, settings, agent, cfg.subagents, cfg.seed)
+    # sft.width, not the run's `subagents`: a width sweep evaluates one warm start, it does not rebuild it
+    return fingerprint("tiny-sft", SFT_VERSION, base_stamp, settings, agent, int(cfg.sft.width), cfg.seed)
 
 
 def build_warm_start(cfg: DictConfig, force: bool = False, log_metrics=None) -> BuildResult:
