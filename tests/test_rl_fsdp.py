@@ -98,7 +98,7 @@ def worker(folder: Path) -> None:
         return all(isinstance(p, DTensor) for p in model.parameters())
 
     sharded_before = is_sharded()
-    parameter_sum_before = float(sum(p.full_tensor().double().sum() for p in model.parameters()))
+    parameter_sum_before = float(sum(p.detach().full_tensor().double().sum() for p in model.parameters()))
     context = fsdp2_gathered(model) if gather else nullcontext()
     with context, torch.no_grad():
         engine = HFEngine(model, tokenizer, max_batch_size=4)
@@ -110,11 +110,12 @@ def worker(folder: Path) -> None:
     ids = torch.tensor([prompts[0][0]])
     model(input_ids=ids, labels=ids).loss.backward()
     optimizer.step()
-    parameter_sum_after = float(sum(p.full_tensor().double().sum() for p in model.parameters()))
+    parameter_sum_after = float(sum(p.detach().full_tensor().double().sum() for p in model.parameters()))
     record = {"engine_calls": len(calls), "generated": generated, "unsharded_generated": unsharded_generated,
               "sharded_before": sharded_before, "sharded_after": sharded_after,
               "parameter_sum_before": parameter_sum_before, "parameter_sum_after": parameter_sum_after}
     (folder / f"rank{rank}.json").write_text(json.dumps(record))
+    dist.barrier()  # no rank tears its connections down while another still reads from them
     dist.destroy_process_group()
 
 
