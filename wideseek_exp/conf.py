@@ -330,7 +330,7 @@ class SftConfig:
     width: int = 4
     expert_max_reply_tokens: int = 4096  # the expert's own reply budget (its final tables are long)
     # Many small steps: at 40 steps the model still predicts unigrams; by 240 it has the reply templates
-    # (mean reply-token loss 6.1 -> 1.7). ~1.2 s per step of 8 rows on an idle 2-core CPU, ~2.7 s loaded
+    # (mean reply-token loss 6.1 -> 1.7). 240 steps of 8 rows: 475-577 s on a shared, loaded 2-core CPU
     max_steps: int = 240
     batch_size: int = 8
     learning_rate: float = 2.0e-3  # a 5M-parameter model from random weights takes a large step
