@@ -10,6 +10,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from fake_http import send_reply, serving
 from scripted_engine import tiny_tokenizer
 
 from wideseek_exp import WideseekError
@@ -77,15 +78,7 @@ class FakeCompletionsServer:
                 self._send(200, {"id": "c", "object": "text_completion", "choices": [{"index": 0, **choice}]})
 
             def _send(self, status, payload):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                try:
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client timed out and left
+                send_reply(self, status, payload)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
@@ -94,11 +87,8 @@ class FakeCompletionsServer:
 @pytest.fixture
 def server():
     fake = FakeCompletionsServer()
-    thread = threading.Thread(target=fake.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
+    with serving(fake.server):
+        yield fake
 
 
 def engine_for(server, **overrides) -> OpenAIEngine:
@@ -168,16 +158,11 @@ def test_text_only_replies_are_retokenised_without_logprobs(server):
 
 def test_concurrency_is_limited_but_used():
     fake = FakeCompletionsServer(delay_s=0.05)
-    thread = threading.Thread(target=fake.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
+    with serving(fake.server):
         engine = engine_for(fake, max_concurrency=3)
         completions = engine.generate([[i] for i in range(12)], SamplingParams(max_new_tokens=4))
         assert [c.token_ids for c in completions] == [reply_ids([i], 4) for i in range(12)]
         assert 1 < fake.max_in_flight <= 3
-    finally:
-        fake.server.shutdown()
-        fake.server.server_close()
 
 
 def test_bad_prompt_format_names_the_key(server):

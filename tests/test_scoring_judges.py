@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from fake_http import send_reply, serving
 from omegaconf import OmegaConf
 
 from wideseek_exp import WideseekError
@@ -103,14 +104,7 @@ class FakeEndpoint:
                 self._send(200, json.dumps(reply).encode())
 
             def _send(self, status, payload):
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                try:
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client timed out and left
+                send_reply(self, status, payload)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
@@ -123,11 +117,8 @@ class FakeEndpoint:
 @pytest.fixture
 def endpoint():
     fake = FakeEndpoint()
-    thread = threading.Thread(target=fake.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
+    with serving(fake.server):
+        yield fake
 
 
 def llm_judge(endpoint, tmp_path=None, **overrides) -> LLMJudge:

@@ -9,6 +9,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from fake_http import send_reply, serving
 from omegaconf import OmegaConf
 
 from wideseek_exp import WideseekError
@@ -68,11 +69,7 @@ class FakeWeb:
                     self._send(200, json.dumps(data).encode(), "application/json")
 
             def _send(self, status, payload, kind):
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                send_reply(self, status, payload, kind)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -84,11 +81,8 @@ class FakeWeb:
 @pytest.fixture
 def web():
     fake = FakeWeb()
-    thread = threading.Thread(target=fake.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
+    with serving(fake.server):
+        yield fake
 
 
 def backend(web, tmp_path, **overrides) -> WebSearchBackend:

@@ -27,6 +27,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from wideseek_exp.search.base import Hit, SearchBackend
 
 log = logging.getLogger(__name__)
+
+
+def send_reply(handler: BaseHTTPRequestHandler, status: int, body: dict | bytes,
+               content_type: str = "application/json") -> None:
+    """Answer a request: `body` as JSON (a dict) or as given (bytes). A client that gave up waiting is no error."""
+    data = json.dumps(body, ensure_ascii=False).encode("utf-8") if isinstance(body, dict) else body
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    try:
+        handler.wfile.write(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
 MAX_BODY_BYTES = 16 * 2**20
 
 
@@ -120,14 +134,6 @@ class SearchServer:
                     self._send(500, {"error": f"{type(error).__name__}: {error}"})
 
             def _send(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                try:
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up waiting
+                send_reply(self, status, payload)
 
         return Handler
