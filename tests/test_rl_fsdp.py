@@ -23,8 +23,7 @@ HERE = Path(__file__).resolve().parent
 
 def run_workers(folder: Path, gather: bool) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)]), "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "FSDP_TEST_GATHER": "1" if gather else "0",
-           "TORCH_NCCL_BLOCKING_WAIT": "1"}
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "FSDP_TEST_GATHER": "1" if gather else "0"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                str(Path(__file__).resolve()), str(folder)]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

@@ -22,7 +22,7 @@ TRIALS_FILE = "trials.jsonl"
 TRAJECTORIES_FILE = "trajectories.jsonl"
 
 
-def _read_complete_lines(path: Path) -> Iterator[dict]:
+def read_complete_lines(path: Path) -> Iterator[dict]:
     """The JSON records of a jsonl file; a torn last line (crash mid-write) is cut off the file."""
     if not path.is_file():
         return
@@ -42,16 +42,26 @@ def _read_complete_lines(path: Path) -> Iterator[dict]:
             handle.truncate(good_bytes)
 
 
+def append_lines(path: Path, records: list[dict]) -> None:
+    """Append JSON records as lines, on disk before returning (flushed and fsynced): a crash loses at most
+    the line being written, which read_complete_lines then cuts off."""
+    with path.open("a", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 class TrialStore:
     def __init__(self, folder: Path, settings: dict):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._check_settings(settings)
         self.trials: dict[tuple[str, int], dict] = {}
-        for record in _read_complete_lines(self.folder / TRIALS_FILE):
+        for record in read_complete_lines(self.folder / TRIALS_FILE):
             self.trials[(record["instance_id"], int(record["sample"]))] = record
         # Trajectories of trials that never reached trials.jsonl are dropped from the count, not the file.
-        list(_read_complete_lines(self.folder / TRAJECTORIES_FILE))
+        list(read_complete_lines(self.folder / TRAJECTORIES_FILE))
 
     def _check_settings(self, settings: dict) -> None:
         path = self.folder / SETTINGS_FILE
@@ -78,15 +88,7 @@ class TrialStore:
         self.trials[(trial["instance_id"], int(trial["sample"]))] = trial
 
     def _append(self, name: str, record: dict) -> None:
-        line = json.dumps(record, ensure_ascii=False) + "\n"
-        with (self.folder / name).open("a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_lines(self.folder / name, [record])
 
     def trajectories(self) -> Iterator[dict]:
-        return _read_complete_lines(self.folder / TRAJECTORIES_FILE)
-
-
-# Other append-only stores (the task=data call cache and outputs) read their files the same way.
-read_complete_lines = _read_complete_lines
+        return read_complete_lines(self.folder / TRAJECTORIES_FILE)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 from collections import Counter
@@ -43,7 +42,7 @@ from wideseek_exp.tasks.loaders import default_column_pipeline
 from wideseek_exp.tasks.record import TaskRecord, normalize_column, parse_markdown_table, to_markdown_table
 from wideseek_exp.tasks.sources import SourceTable
 from wideseek_exp.tasks.textgen import CACHE_FILE, StageUsage, TextGenerator, TextReply, TextRequest
-from wideseek_exp.trialstore import read_complete_lines
+from wideseek_exp.trialstore import append_lines, read_complete_lines
 
 DROPS_FILE = "drops.jsonl"
 SPLIT_FILES = {"train": "train.jsonl", "test": "test.jsonl"}
@@ -415,10 +414,7 @@ class Synthesizer:
             name = DROPS_FILE
         else:
             line, name = self.record(c), SPLIT_FILES[self.split_of(c.instance_id)]
-        with (self.out / name).open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(line, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_lines(self.out / name, [line])
         self.done.add(c.instance_id)
 
 

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from wideseek_exp.trialstore import read_complete_lines
+from wideseek_exp.trialstore import append_lines, read_complete_lines
 
 CACHE_FILE = "llm_cache.jsonl"
 
@@ -105,10 +104,7 @@ class CachedGenerator:
         return out
 
     def _append(self, entries: list[tuple[str, TextRequest, TextReply]]) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
-            for key, request, reply in entries:
-                record = {"key": key, "stage": request.stage, "model": self.model, **asdict(reply)}
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-                self.cache[key] = reply
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_lines(self.path, [{"key": key, "stage": request.stage, "model": self.model, **asdict(reply)}
+                                  for key, request, reply in entries])
+        for key, _, reply in entries:
+            self.cache[key] = reply
