@@ -58,6 +58,13 @@ def test_width_sweep_declares_its_widths_and_command_line_wins():
     assert compose_with("+exp=width_sweep", "subagents=2").subagents == 2
 
 
+def test_the_agent_samples_at_the_models_temperature_unless_told_otherwise():
+    assert compose_with().agent.temperature == 0.3  # the warm start's own setting (conf/model/tiny.yaml)
+    assert compose_with("model=qwen3_4b").agent.temperature == 1.0
+    assert compose_with("model=tiny", "agent.temperature=0.7").agent.temperature == 0.7
+    assert compose_with("model=tiny", "model.temperature=0.5").agent.temperature == 0.5
+
+
 def test_defaults_are_the_offline_stack():
     cfg = compose_with()
     assert (cfg.model.name, cfg.engine.name, cfg.search.name, cfg.judge.name, cfg.data.name) == (

@@ -84,6 +84,62 @@ def test_turn_rows_train_every_reply_after_its_recent_context():
     assert len(whole) == 1 and whole[0][0] == agent.token_ids()[:64]
 
 
+def test_a_share_of_the_rows_start_with_the_agents_whole_prompt():
+    from wideseek_exp import WideseekError
+    from wideseek_exp.sft import expert_rows
+
+    cfg = world_config()
+    tasks = [t for t in load_task_set(cfg.data, "train") if t.is_table][:2]
+    system = tiny_tokenizer().encode("<|im_start|>system", add_special_tokens=False)
+
+    def prompted(share: float) -> tuple[int, int, dict]:
+        # rows of up to 2048 tokens: every prompt (~950 tokens), its recent context and reply fit whole
+        rows, stats = expert_rows(OmegaConf.merge(cfg, {"sft": {"prompt_share": share}}), tiny_tokenizer(), tasks,
+                                  2048)
+        starts = sum(r["input_ids"][: len(system)] == system for r in rows)
+        return starts, len(rows), stats
+
+    none, count, stats = prompted(0.0)
+    assert none == 0 and stats["rows_with_prompt"] == 0
+    every, count_all, stats = prompted(1.0)
+    assert count_all == count and every == count == stats["rows_with_prompt"]
+    some, _, stats = prompted(0.5)
+    assert 0.3 * count < some == stats["rows_with_prompt"] < 0.7 * count
+    assert prompted(0.5)[0] == some  # drawn with sft.seed: the same rows every build
+    with pytest.raises(WideseekError, match="sft.prompt_share"):
+        prompted(1.5)
+
+
+def test_copy_rows_repeat_each_span_and_train_on_the_second_copy_only():
+    import numpy as np
+
+    from wideseek_exp.sft import copy_rows
+
+    vocabulary = np.arange(10, 60)
+    ids, labels = copy_rows(np.random.default_rng(0), 3, 64, vocabulary, (5, 5))  # spans of 5: blocks of 10
+    assert ids.shape == labels.shape == (3, 64)
+    for row, target in zip(ids.tolist(), labels.tolist()):
+        assert all(10 <= t < 60 for t in row)
+        for block in range(0, 60, 10):
+            assert row[block:block + 5] == row[block + 5:block + 10]
+            # the second copy is trained from its second token: its first cannot be predicted
+            assert target[block:block + 10] == [-100] * 6 + row[block + 6:block + 10]
+        assert target[60:64] == [-100] * 4  # the last span, cut before its second copy
+    ids, labels = copy_rows(np.random.default_rng(1), 4, 128, vocabulary, (6, 24))
+    trained = labels != -100
+    assert trained.any() and (labels[trained] == ids[trained]).all()
+    assert 0.3 < trained.float().mean() < 0.5  # about half the tokens are second copies, less each span's first
+
+
+def test_the_copy_stage_rejects_bad_span_settings():
+    from wideseek_exp import WideseekError
+    from wideseek_exp.sft import copy_stage
+
+    with pytest.raises(WideseekError, match="sft.copy_span_min"):
+        copy_stage(None, tiny_tokenizer(), OmegaConf.create({"copy_steps": 1, "seed": 0, "copy_span_min": 1,
+                                                             "copy_span_max": 4}))
+
+
 def test_a_width_sweep_evaluates_one_warm_start():
     from pathlib import Path
 
@@ -103,12 +159,16 @@ def test_a_short_sft_run_lowers_the_loss_and_saves_a_loadable_model(tmp_path):
     from wideseek_exp.sft import train_sft
 
     cfg = OmegaConf.merge(world_config(), {"sft": {"tasks": 2, "max_steps": 8, "max_length": 1024, "batch_size": 2,
-                                                   "learning_rate": 2e-3}})
+                                                   "learning_rate": 2e-3, "copy_steps": 3, "copy_batch_size": 2,
+                                                   "copy_length": 32}})
     logged = []
     stats = train_sft(cfg, cfg.model.path, tmp_path, log_metrics=lambda metrics, step: logged.append(metrics))
     assert stats["rows"] > 2 and 0 < stats["trained_tokens"] < stats["tokens"]  # reply tokens only
     assert stats["loss_last"] < stats["loss_first"], stats
-    assert len(logged) == 8 and all("sft/loss" in m for m in logged)
+    copy_logs, sft_logs = logged[:3], logged[3:]  # the copy stage first, then the imitation
+    assert all(set(m) == {"sft/copy_loss", "sft/copy_accuracy"} for m in copy_logs)
+    assert stats["copy_steps"] == 3 and stats["copy_loss_first"] > 0
+    assert len(sft_logs) == 8 and all("sft/loss" in m for m in sft_logs)
     model = AutoModelForCausalLM.from_pretrained(tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
     assert model.config.model_type == "qwen3" and tokenizer.chat_template == tiny_tokenizer().chat_template

@@ -106,6 +106,8 @@ class ModelConfig:
     dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
     max_context_tokens: int = 32768  # per agent
     max_reply_tokens: int = 8192  # per reply; agent.max_reply_tokens follows it
+    # the sampling temperature this model is run at (like a generation_config's); agent.temperature follows it
+    temperature: float = 1.0
     trust_remote_code: bool = False
     tiny: TinyArchConfig | None = None  # only for source=tiny / tiny_sft (the base model's architecture)
     # source=tiny_sft: the random tiny model (built from `tiny`) the warm start begins from
@@ -179,7 +181,7 @@ class AgentConfig:
     repeat_call_limit: int = 3  # the same tool call this many times in a row ends the agent (0: never)
     tool_wait_s: float = 1.0  # generation waits this long for running tool calls to join its batch
     thinking: bool = True
-    temperature: float = 1.0
+    temperature: float = II("model.temperature")  # 1.0 for the paper's models
     top_p: float = 1.0
 
 
@@ -325,6 +327,10 @@ class SftConfig:
     # the prefix inference sees and a short window loses. ~950 more tokens per row with our prompts: off
     # by default, as the build budget then buys a quarter of the steps
     keep_prompt: bool = False
+    # rows=turn, keep_prompt=false: this share of the rows (drawn with sft.seed) start with the agent's prompt
+    # all the same. Without any, the model never sees a system prompt or tool schema in training, and at
+    # inference those ~900 unseen tokens derail it; with all, a step costs about 5x
+    prompt_share: float = 0.0
     # the expert's width W in the demonstrations; fixed, not `subagents`, so that a width sweep of the
     # warm start evaluates one model (it is the lead's W in its prompt, so the warm start sees W=4 only)
     width: int = 4
@@ -336,6 +342,19 @@ class SftConfig:
     learning_rate: float = 2.0e-3  # a 5M-parameter model from random weights takes a large step
     warmup_ratio: float = 0.05  # linear warm-up over this share of the steps (large steps early spike the loss)
     seed: int = 0
+    # The copy stage before the SFT (0: none): rows of random token spans, each written twice, loss on the
+    # second copy, so that the model learns to copy from its context (names, URLs, facts) before it imitates
+    # at most this many steps (0: no copy stage); the stage ends once copy_target_accuracy is reached (seed 0:
+    # after 465 steps, about 5 minutes on a 2-core CPU)
+    copy_steps: int = 1500
+    copy_target_accuracy: float = 0.95  # mean greedy accuracy on the second copies over the last 20 steps
+    copy_batch_size: int = 16
+    copy_length: int = 128  # tokens per copy row
+    copy_span_min: int = 6  # tokens per span
+    copy_span_max: int = 24
+    copy_learning_rate: float = 1.0e-3
+    # share of the SFT rows that are copy rows (mixed in with the expert's, same length as above)
+    copy_share: float = 0.0
 
 
 @dataclass
