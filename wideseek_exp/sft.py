@@ -18,7 +18,9 @@ token spans each written twice, the loss on the second copy. Every cell of a tab
 call and name of a subtask is copied from the context, and a model from random weights learns that skill
 (an induction circuit: find the earlier occurrence of the current token, predict what followed it) only
 after a sudden transition: on the expert's rows it was not reached within the SFT budget, on copy rows
-it is (copy accuracy near 0 for 800 steps, then 65% by step 1000 and above 90% after).
+it is (in three runs the copy accuracy stayed below 5% for 350 to 900 steps, then passed 90% within
+about 100), so the stage runs until sft.copy_target_accuracy. The held-out reply-token accuracy of the
+warm start rose from 45% to 77% (lead) and from 40% to 59% (subagents) with it.
 """
 
 from __future__ import annotations
