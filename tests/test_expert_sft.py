@@ -131,13 +131,15 @@ def test_copy_rows_repeat_each_span_and_train_on_the_second_copy_only():
     assert 0.3 < trained.float().mean() < 0.5  # about half the tokens are second copies, less each span's first
 
 
-def test_the_copy_stage_rejects_bad_span_settings():
+def test_the_copy_stage_rejects_bad_settings():
     from wideseek_exp import WideseekError
     from wideseek_exp.sft import copy_stage
 
+    good = {"copy_steps": 1, "seed": 0, "copy_span_min": 2, "copy_span_max": 4, "copy_target_accuracy": 0.9}
     with pytest.raises(WideseekError, match="sft.copy_span_min"):
-        copy_stage(None, tiny_tokenizer(), OmegaConf.create({"copy_steps": 1, "seed": 0, "copy_span_min": 1,
-                                                             "copy_span_max": 4}))
+        copy_stage(None, tiny_tokenizer(), OmegaConf.create({**good, "copy_span_min": 1}))
+    with pytest.raises(WideseekError, match="sft.copy_target_accuracy"):
+        copy_stage(None, tiny_tokenizer(), OmegaConf.create({**good, "copy_target_accuracy": 1.5}))
 
 
 def test_a_width_sweep_evaluates_one_warm_start():

@@ -117,6 +117,8 @@ def copy_stage(model, tokenizer, sft, log_metrics=None) -> dict:
     if int(sft.copy_span_min) < 2 or int(sft.copy_span_max) < int(sft.copy_span_min):
         raise WideseekError(f"config keys 'sft.copy_span_min' and 'sft.copy_span_max' must satisfy 2 <= min <= max "
                             f"(got {sft.copy_span_min} and {sft.copy_span_max})")
+    if not 0.0 < float(sft.copy_target_accuracy) <= 1.0:
+        raise WideseekError(f"config key 'sft.copy_target_accuracy' must be in (0, 1] (got {sft.copy_target_accuracy})")
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(sft.copy_learning_rate), weight_decay=0.0)
     warmup = 50
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))

@@ -92,7 +92,7 @@ def copied_tokens(token_ids: list[int], response: list[int], user_start: int) ->
     first_user = token_ids.index(user_start) if user_start in token_ids else 0
     seen: set[tuple[int, ...]] = set()
     out = []
-    for i, token in enumerate(token_ids):
+    for i in range(len(token_ids)):
         gram = tuple(token_ids[i - 3: i + 1]) if i >= 3 else None
         out.append(bool(response[i]) and gram in seen)
         if not response[i] and i >= first_user + 3 and gram is not None:
