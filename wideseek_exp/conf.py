@@ -345,7 +345,7 @@ class SftConfig:
     # The copy stage before the SFT: rows of random token spans, each written twice, loss on the second copy,
     # so that the model learns to copy from its context (names, URLs, facts) before it imitates. At most
     # copy_steps steps (0: no copy stage); it ends once copy_target_accuracy is reached (seed 0: after 465
-    # steps, about 5 minutes on a 2-core CPU)
+    # steps, 300 s on an idle 2-core CPU)
     copy_steps: int = 1500
     copy_target_accuracy: float = 0.95  # mean greedy accuracy on the second copies over the last 20 steps
     copy_batch_size: int = 16
