@@ -131,15 +131,21 @@ def test_copy_rows_repeat_each_span_and_train_on_the_second_copy_only():
     assert 0.3 < trained.float().mean() < 0.5  # about half the tokens are second copies, less each span's first
 
 
-def test_the_copy_stage_rejects_bad_settings():
+def test_bad_sft_settings_fail_in_one_line_before_any_work(tmp_path):
     from wideseek_exp import WideseekError
-    from wideseek_exp.sft import copy_stage
+    from wideseek_exp.sft import copy_stage, train_sft
 
-    good = {"copy_steps": 1, "seed": 0, "copy_span_min": 2, "copy_span_max": 4, "copy_target_accuracy": 0.9}
-    with pytest.raises(WideseekError, match="sft.copy_span_min"):
-        copy_stage(None, tiny_tokenizer(), OmegaConf.create({**good, "copy_span_min": 1}))
-    with pytest.raises(WideseekError, match="sft.copy_target_accuracy"):
-        copy_stage(None, tiny_tokenizer(), OmegaConf.create({**good, "copy_target_accuracy": 1.5}))
+    cfg = world_config()
+    bad = [({"copy_span_min": 1}, "sft.copy_span_min"), ({"copy_target_accuracy": 1.5}, "sft.copy_target_accuracy"),
+           ({"copy_share": 1.0}, "sft.copy_share"), ({"prompt_share": -0.1}, "sft.prompt_share"),
+           ({"rows": "episode"}, "sft.rows")]
+    for override, key in bad:
+        wrong = OmegaConf.merge(cfg, {"sft": override})
+        # a base folder that does not exist: the check comes before the model, the copy stage and the rollouts
+        with pytest.raises(WideseekError, match=key):
+            train_sft(wrong, str(tmp_path / "no-model"), tmp_path / "out")
+        with pytest.raises(WideseekError, match=key):
+            copy_stage(None, tiny_tokenizer(), wrong.sft)
 
 
 def test_a_width_sweep_evaluates_one_warm_start():

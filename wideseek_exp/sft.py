@@ -64,6 +64,22 @@ def agent_rows(agent, max_length: int, rows: str, context_tokens: int,
     return out
 
 
+def check_settings(sft) -> None:
+    """One clear line for an sft.* value out of range."""
+    if str(sft.rows) not in ("agent", "turn"):
+        raise WideseekError(f"config key 'sft.rows' must be agent or turn (got {sft.rows!r})")
+    for key, low, high, closed in (("prompt_share", 0.0, 1.0, True), ("copy_share", 0.0, 1.0, False)):
+        value = float(sft[key])
+        if not (low <= value <= high if closed else low <= value < high):
+            raise WideseekError(f"config key 'sft.{key}' must be in [{low:g}, {high:g}{']' if closed else ')'} "
+                                f"(got {value})")
+    if not 0.0 < float(sft.copy_target_accuracy) <= 1.0:
+        raise WideseekError(f"config key 'sft.copy_target_accuracy' must be in (0, 1] (got {sft.copy_target_accuracy})")
+    if int(sft.copy_span_min) < 2 or int(sft.copy_span_max) < int(sft.copy_span_min):
+        raise WideseekError(f"config keys 'sft.copy_span_min' and 'sft.copy_span_max' must satisfy 2 <= min <= max "
+                            f"(got {sft.copy_span_min} and {sft.copy_span_max})")
+
+
 def copy_rows(rng, batch_size: int, length: int, vocabulary, span: tuple[int, int]):
     """A batch of copy rows: random token spans of span[0]..span[1] tokens, each followed by itself, until a
     row holds `length` tokens. Returns (input_ids, labels): labels are -100 except on the second copy's
@@ -110,15 +126,11 @@ def copy_stage(model, tokenizer, sft, log_metrics=None) -> dict:
     import numpy as np
     import torch
 
+    check_settings(sft)
     steps = int(sft.copy_steps)
     rng = np.random.default_rng(int(sft.seed))
     torch.manual_seed(int(sft.seed))
     vocabulary = copy_vocabulary(tokenizer)
-    if int(sft.copy_span_min) < 2 or int(sft.copy_span_max) < int(sft.copy_span_min):
-        raise WideseekError(f"config keys 'sft.copy_span_min' and 'sft.copy_span_max' must satisfy 2 <= min <= max "
-                            f"(got {sft.copy_span_min} and {sft.copy_span_max})")
-    if not 0.0 < float(sft.copy_target_accuracy) <= 1.0:
-        raise WideseekError(f"config key 'sft.copy_target_accuracy' must be in (0, 1] (got {sft.copy_target_accuracy})")
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(sft.copy_learning_rate), weight_decay=0.0)
     warmup = 50
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
@@ -166,23 +178,24 @@ def expert_rows(cfg: DictConfig, tokenizer, tasks: list, max_length: int) -> tup
     agent_cfg.max_subagents_per_call = int(cfg.sft.width)
     trajectories = run_rollouts(tasks, 1, ExpertEngine(tokenizer), make_search_backend(cfg), tokenizer, agent_cfg,
                                 cfg.search, cfg.seed)
+    check_settings(cfg.sft)
     share = float(cfg.sft.prompt_share)
-    if not 0.0 <= share <= 1.0:
-        raise WideseekError(f"config key 'sft.prompt_share' must be in [0, 1] (got {share})")
     rng = random.Random(int(cfg.sft.seed))
     rows, cut, prompted = [], 0, 0
     for trajectory in trajectories:
         for agent in trajectory.agents:
             cut += len(agent.token_ids()) > max_length
             settings = (max_length, str(cfg.sft.rows), int(cfg.sft.context_tokens))
-            short = agent_rows(agent, *settings, bool(cfg.sft.keep_prompt))
+            keep_all = bool(cfg.sft.keep_prompt)
+            short = agent_rows(agent, *settings, keep_all)
             # rows=turn: a share of the rows start with the agent's whole prompt, as at inference
-            full = agent_rows(agent, *settings, True) if share and str(cfg.sft.rows) == "turn" else short
+            drawn = share and not keep_all and str(cfg.sft.rows) == "turn"
+            full = agent_rows(agent, *settings, True) if drawn else short
             for short_row, full_row in zip(short, full):
-                keep = full_row is not short_row and rng.random() < share
+                keep = bool(drawn) and rng.random() < share
                 ids, mask = full_row if keep else short_row
                 if any(mask):
-                    prompted += keep
+                    prompted += keep_all or keep
                     rows.append({"input_ids": ids, "assistant_masks": mask, "role": agent.role})
     stats = {"trajectories": len(trajectories), "rows": len(rows), "rows_cut": cut, "rows_with_prompt": prompted,
              "tokens": sum(len(r["input_ids"]) for r in rows),
@@ -201,8 +214,7 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> di
     from wideseek_exp.tasks.loaders import load_task_set
 
     sft = cfg.sft
-    if str(sft.rows) not in ("agent", "turn"):
-        raise WideseekError(f"config key 'sft.rows' must be agent or turn (got {sft.rows!r})")
+    check_settings(sft)  # before minutes of copy stage and rollouts
     tasks = [task for task in load_task_set(cfg.data, "train") if task.is_table]  # never the test split
     random.Random(sft.seed).shuffle(tasks)
     tasks = tasks[: sft.tasks] if sft.tasks else tasks
@@ -219,8 +231,6 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> di
     if not rows:
         raise WideseekError("sft: the expert produced no trainable rows (check sft.tasks and data=)")
     share = float(sft.copy_share)
-    if not 0.0 <= share < 1.0:
-        raise WideseekError(f"config key 'sft.copy_share' must be in [0, 1) (got {share})")
     if share > 0:  # copy rows among the expert's keep the copying skill alive while the templates are learnt
         rows = rows + mixed_copy_rows(sft, tokenizer, round(len(rows) * share / (1 - share)))
         stats["copy_rows"] = len(rows) - stats["rows"]
