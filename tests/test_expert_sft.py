@@ -110,6 +110,25 @@ def test_a_share_of_the_rows_start_with_the_agents_whole_prompt():
         prompted(1.5)
 
 
+def test_the_reply_probe_counts_as_copied_what_the_task_or_a_tool_result_holds():
+    import importlib.util
+
+    from scripted_engine import REPO
+
+    spec = importlib.util.spec_from_file_location("replies", REPO / "experiments" / "cpu_demo" / "replies.py")
+    replies = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(replies)
+    user = [1, 537, 201]
+    system = [1, 847, 201, 10, 11, 12, 13, 2]  # 10 11 12 13 is in the system prompt only
+    task = user + [20, 21, 22, 23, 2]
+    reply = [10, 11, 12, 13, 20, 21, 22, 23]
+    ids = system + task + reply
+    mask = [0] * (len(system) + len(task)) + [1] * len(reply)
+    copied = replies.copied_tokens(ids, mask, user)
+    # only a 4-gram of the task counts: the reply's last token (20 21 22 23); never the system prompt's
+    assert [i for i, c in enumerate(copied) if c] == [len(ids) - 1]
+
+
 def test_copy_rows_repeat_each_span_and_train_on_the_second_copy_only():
     import numpy as np
 

@@ -3,7 +3,9 @@ with a `build.json` that records the fingerprint of its inputs. Rebuilding uncha
 no-op; a changed input (config, upstream content hash, package version) rebuilds.
 
 A folder is written in a temporary sibling and renamed into place, so an interrupted build never
-leaves a half-written artifact that looks finished.
+leaves a half-written artifact that looks finished. A build replaces only its own earlier output: a
+folder that holds another artifact (its stamp names another build) or files without a stamp (a model
+trained elsewhere, say) is never overwritten.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from wideseek_exp import WideseekError
 
 STAMP = "build.json"
 
@@ -77,6 +81,12 @@ def build_folder(
     stamp = read_stamp(path)
     if not force and stamp is not None and stamp.get("fingerprint") == inputs_fingerprint:
         return BuildResult(name, path, False, time.perf_counter() - start, stamp.get("counts", {}), inputs_fingerprint)
+    if stamp is not None and stamp.get("name") != name:
+        raise WideseekError(f"{name}: refusing to replace {path}: it holds a {stamp.get('name')!r} build; point the "
+                            f"config at another folder or delete it")
+    if stamp is None and path.is_dir() and any(path.iterdir()):
+        raise WideseekError(f"{name}: refusing to replace {path}: it holds files that no build of ours made; point the "
+                            f"config at another folder or delete it")
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp"

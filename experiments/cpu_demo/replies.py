@@ -55,7 +55,7 @@ def main() -> None:
     search = make_search_backend(cfg)
     trajectories = run_rollouts(held_out, 1, ExpertEngine(tokenizer), search, tokenizer, agent_cfg, cfg.search,
                                 cfg.seed)
-    user_start = tokenizer.encode("<|im_start|>user", add_special_tokens=False)[0]
+    user_start = tokenizer.encode("<|im_start|>user\n", add_special_tokens=False)
     print(f"held-out train tasks: {', '.join(t.instance_id for t in held_out)}")
     for folder in args.models:
         model = AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -86,10 +86,10 @@ def main() -> None:
                   flush=True)
 
 
-def copied_tokens(token_ids: list[int], response: list[int], user_start: int) -> list[bool]:
+def copied_tokens(token_ids: list[int], response: list[int], user_start: list[int]) -> list[bool]:
     """Per token: a reply token whose 4-gram occurs earlier among the context tokens from the first user
     turn on (task and tool results; never a reply, never the system prompt)."""
-    first_user = token_ids.index(user_start) if user_start in token_ids else 0
+    first_user = next((i for i in range(len(token_ids)) if token_ids[i:i + len(user_start)] == user_start), 0)
     seen: set[tuple[int, ...]] = set()
     out = []
     for i in range(len(token_ids)):
