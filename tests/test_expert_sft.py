@@ -84,6 +84,21 @@ def test_turn_rows_train_every_reply_after_its_recent_context():
     assert len(whole) == 1 and whole[0][0] == agent.token_ids()[:64]
 
 
+def test_rows_keep_the_lead_the_first_call_and_a_seeded_draw_of_the_later_subagents():
+    import random
+
+    from wideseek_exp.agents.trajectory import AgentRun
+    from wideseek_exp.sft import kept_agents
+
+    ids = ["lead", "lead.1.1"] + [f"lead.{call}.{n}" for call in (2, 3) for n in (1, 2, 3, 4)]
+    agents = [AgentRun("lead" if i == "lead" else "subagent", i, None, None, [1], []) for i in ids]
+    assert kept_agents(agents, 0, random.Random(0)) == agents
+    kept = [a.agent_id for a in kept_agents(agents, 2, random.Random(0))]
+    assert kept[:2] == ["lead", "lead.1.1"] and len(kept) == 4
+    assert kept == [a.agent_id for a in kept_agents(agents, 2, random.Random(0))]  # seeded
+    assert {a.agent_id for a in kept_agents(agents, 8, random.Random(0))} == set(ids)
+
+
 def test_a_share_of_the_rows_start_with_the_agents_whole_prompt():
     from wideseek_exp import WideseekError
     from wideseek_exp.sft import expert_rows
@@ -94,8 +109,8 @@ def test_a_share_of_the_rows_start_with_the_agents_whole_prompt():
 
     def prompted(share: float) -> tuple[int, int, dict]:
         # rows of up to 2048 tokens: every prompt (~950 tokens), its recent context and reply fit whole
-        rows, stats = expert_rows(OmegaConf.merge(cfg, {"sft": {"prompt_share": share}}), tiny_tokenizer(), tasks,
-                                  2048)
+        sft = {"prompt_share": share, "rows": "turn", "subagents_per_task": 0}
+        rows, stats = expert_rows(OmegaConf.merge(cfg, {"sft": sft}), tiny_tokenizer(), tasks, 2048)
         starts = sum(r["input_ids"][: len(system)] == system for r in rows)
         return starts, len(rows), stats
 
@@ -150,6 +165,25 @@ def test_copy_rows_repeat_each_span_and_train_on_the_second_copy_only():
     assert 0.3 < trained.float().mean() < 0.5  # about half the tokens are second copies, less each span's first
 
 
+def test_text_copy_rows_repeat_spans_of_a_real_passage_after_it():
+    import numpy as np
+
+    from wideseek_exp.sft import text_copy_rows
+
+    sources = [list(range(1000, 1300)), [7, 8, 9]]  # the short one is never a passage
+    ids, labels = text_copy_rows(np.random.default_rng(0), 3, 96, sources, (6, 10))
+    assert ids.shape == labels.shape == (3, 96)
+    for row, target in zip(ids.tolist(), labels.tolist()):
+        passage, rest = row[:48], row[48:]
+        assert passage == list(range(passage[0], passage[0] + 48)) and target[:48] == [-100] * 48
+        # every span is a run of the passage; its first token is not trained, the others are
+        starts = [i for i in range(len(rest)) if i == 0 or rest[i] != rest[i - 1] + 1]
+        assert all(passage[0] <= t < passage[0] + 48 for t in rest)
+        for i, t in enumerate(rest):
+            assert target[48 + i] == (-100 if i in starts else t)
+    assert (labels != -100).any()
+
+
 def test_bad_sft_settings_fail_in_one_line_before_any_work(tmp_path):
     from wideseek_exp import WideseekError
     from wideseek_exp.sft import copy_stage, train_sft
@@ -185,16 +219,19 @@ def test_a_short_sft_run_lowers_the_loss_and_saves_a_loadable_model(tmp_path):
 
     from wideseek_exp.sft import train_sft
 
-    cfg = OmegaConf.merge(world_config(), {"sft": {"tasks": 2, "max_steps": 8, "max_length": 1024, "batch_size": 2,
+    cfg = OmegaConf.merge(world_config(), {"sft": {"tasks": 2, "rows": "turn", "max_steps": 8, "max_length": 1024, "batch_size": 2,
                                                    "learning_rate": 2e-3, "copy_steps": 3, "copy_batch_size": 2,
-                                                   "copy_length": 32}})
+                                                   "copy_length": 32, "copy_text_steps": 2,
+                                                   "copy_text_length": 32}})
     logged = []
     stats = train_sft(cfg, cfg.model.path, tmp_path, log_metrics=lambda metrics, step: logged.append(metrics))
     assert stats["rows"] > 2 and 0 < stats["trained_tokens"] < stats["tokens"]  # reply tokens only
     assert stats["loss_last"] < stats["loss_first"], stats
-    copy_logs, sft_logs = logged[:3], logged[3:]  # the copy stage first, then the imitation
+    # the copy stage first (random spans, then spans of the expert's own contexts), then the imitation
+    copy_logs, text_logs, sft_logs = logged[:3], logged[3:5], logged[5:]
     assert all(set(m) == {"sft/copy_loss", "sft/copy_accuracy"} for m in copy_logs)
-    assert stats["copy_steps"] == 3 and stats["copy_loss_first"] > 0
+    assert all(set(m) == {"sft/text_copy_loss", "sft/text_copy_accuracy"} for m in text_logs)
+    assert stats["copy_steps"] == 3 and stats["copy_loss_first"] > 0 and stats["text_copy_steps"] == 2
     assert len(sft_logs) == 8 and all("sft/loss" in m for m in sft_logs)
     model = AutoModelForCausalLM.from_pretrained(tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
@@ -229,7 +266,8 @@ def test_a_short_grpo_run_from_a_warm_start_earns_rewards_and_moves_the_policy(t
     # the first 4 train tasks: the expert's tables of three are header-only (it misses their list page),
     # the fourth is complete, so sampled copies of it differ in item F1 and the advantages are not all 0
     cfg = OmegaConf.merge(world_config(), {"data": {"limit": 4}, "sft": {
-        "tasks": 4, "max_steps": 120, "batch_size": 1, "learning_rate": 3e-3, "context_tokens": 0,
+        "tasks": 4, "rows": "turn", "subagents_per_task": 0, "max_steps": 120, "batch_size": 1,
+        "learning_rate": 3e-3, "context_tokens": 0,
         "keep_prompt": True, "max_length": 2048, "copy_steps": 0}})  # tables only: no copy stage needed
     stats = sft_module.train_sft(cfg, cfg.model.path, warm)
     assert stats["rows"] == 4 and stats["loss_last"] < stats["loss_first"]

@@ -310,42 +310,40 @@ class TrainerConfig:
 @dataclass
 class SftConfig:
     """The imitation warm start (task=sft; task=build makes it for model.source=tiny_sft). The defaults
-    were sized on a 2-core CPU: a few minutes, long enough for the loss to fall well below its start."""
+    were sized on a 2-core CPU (experiments/cpu_demo/README.md): about 18 minutes in all."""
 
-    tasks: int = 32  # train tasks the expert plays (0: all 497); every agent of each becomes one row
-    max_length: int = 1024  # tokens per row
-    # turn: one row per expert reply, after the most recent context that fits in max_length (every reply
-    # is trained, and the context it answers is right before it); agent: one row per agent, its context
-    # cut to the first max_length tokens (the system prompt and tool schemas fill most of it, so only
-    # the first reply or two are trained)
-    rows: str = "turn"
-    # rows=turn: context tokens kept before each reply. Short rows put most of a step's compute into reply
-    # tokens (38% at 128, against 5% for rows=agent at 1024); the recent context holds what a reply
-    # copies (the subtask, the search hits, the page)
-    context_tokens: int = 128
-    # rows=turn: also start every row with the agent's initial prompt (system prompt, tool schemas, task),
-    # the prefix inference sees and a short window loses. ~950 more tokens per row with our prompts: off
-    # by default, as the build budget then buys a quarter of the steps
-    keep_prompt: bool = False
-    # rows=turn, keep_prompt=false: this share of the rows (drawn with sft.seed) start with the agent's prompt
-    # all the same. Without any, the model never sees a system prompt or tool schema in training, and at
-    # inference those ~900 unseen tokens derail it; with all, a step costs about 5x
-    prompt_share: float = 0.0
+    tasks: int = 64  # train tasks the expert plays (0: all 497)
+    max_length: int = 6144  # tokens per row
+    # agent: one row per agent, its whole context (prompt, tool results, every reply; loss on the replies),
+    # cut to its first max_length tokens: each reply is trained after exactly what inference shows it (the
+    # task, the list report, every earlier report for the final table). turn: one row per reply, after the
+    # most recent context_tokens of its context, optionally after the agent's prompt (keep_prompt,
+    # prompt_share): cheaper rows, but a reply whose source is further back (the description in the task,
+    # the list for a later wave, the reports for the table) cannot be learnt from them
+    rows: str = "agent"
+    context_tokens: int = 128  # rows=turn: context tokens kept before each reply
+    keep_prompt: bool = False  # rows=turn: start every row with the agent's prompt
+    prompt_share: float = 0.0  # rows=turn, keep_prompt=false: this share of the rows start with it (sft.seed)
+    # entity subagents per expert trajectory that become rows (0: all), drawn with sft.seed; the lead and the
+    # subagents of its first call (the entity set) always do. The lookups of one task are near copies of
+    # each other, so a few per task leave the steps to more tasks
+    subagents_per_task: int = 2
     # the expert's width W in the demonstrations; fixed, not `subagents`, so that a width sweep of the
     # warm start evaluates one model (it is the lead's W in its prompt, so the warm start sees W=4 only)
     width: int = 4
     expert_max_reply_tokens: int = 4096  # the expert's own reply budget (its final tables are long)
-    # Many small steps: at 40 steps the model still predicts unigrams; by 240 it has the reply templates
-    # (mean reply-token loss 6.1 -> 1.7). 240 steps of 8 rows: 475-577 s on a shared, loaded 2-core CPU
-    max_steps: int = 240
-    batch_size: int = 8
-    learning_rate: float = 2.0e-3  # a 5M-parameter model from random weights takes a large step
+    # one row per step (rows run from a few hundred to 6144 tokens: no padding); 460 steps are two passes
+    # over the 64 tasks' 230 rows (lead, list subagent, 2 entity subagents each), about 700 s on a 2-core
+    # CPU. The same steps over 128 tasks, one pass, did no better (experiments/cpu_demo/README.md)
+    max_steps: int = 460
+    batch_size: int = 1
+    learning_rate: float = 1.0e-3  # a 5M-parameter model from random weights takes a large step
     warmup_ratio: float = 0.05  # linear warm-up over this share of the steps (large steps early spike the loss)
     seed: int = 0
     # The copy stage before the SFT: rows of random token spans, each written twice, loss on the second copy,
     # so that the model learns to copy from its context (names, URLs, facts) before it imitates. At most
-    # copy_steps steps (0: no copy stage); it ends once copy_target_accuracy is reached (seed 0: after 465
-    # steps, 300 s on an idle 2-core CPU)
+    # copy_steps steps (0: no copy stage); it ends once copy_target_accuracy is reached (seed 0: after 467
+    # steps, about 160 s on an idle 2-core CPU in bf16)
     copy_steps: int = 1500
     copy_target_accuracy: float = 0.95  # mean greedy accuracy on the second copies over the last 20 steps
     copy_batch_size: int = 16
@@ -353,8 +351,17 @@ class SftConfig:
     copy_span_min: int = 6  # tokens per span
     copy_span_max: int = 24
     copy_learning_rate: float = 1.0e-3
-    # share of the SFT rows that are copy rows (mixed in with the expert's, same length as above)
+    # then this many steps of copy rows made of the expert's own contexts: a passage, then spans drawn from it.
+    # Real text repeats its tokens ("the", "of", a name's first word), so the copy must key on more than the
+    # current token; random spans never teach that (rows of copy_text_length tokens, half of them passage)
+    copy_text_steps: int = 300
+    copy_text_length: int = 256
+    # share of the SFT rows that are copy rows (mixed in with the expert's, copy_length tokens each)
     copy_share: float = 0.0
+    # mixed precision: the forward and backward passes in bf16 under autocast, the weights and the optimizer
+    # in fp32 (experiments/cpu_demo/train_speed.py: about 2x the tokens per second of fp32 on a CPU with
+    # AVX512-BF16; a CPU without it computes the same, more slowly)
+    bf16: bool = True
 
 
 @dataclass

@@ -2,16 +2,19 @@
 the TRAIN split become supervised rows, and TRL's SFTTrainer fits the tiny model to them.
 
 1. the expert (agents/expert.py) rolls out `sft.tasks` train tasks at width `sft.width` through the real
-   rollout and search backend; every reply of every agent (lead, list subagent, entity subagents) is one
-   row (sft.rows=turn): the reply after the last `sft.context_tokens` tokens of its context, optionally
-   after the agent's initial prompt (sft.keep_prompt). Short rows spend the step on reply tokens (38% of
-   a row at the defaults; one row per agent cut at 1024 tokens, sft.rows=agent, trains 5%, mostly the
-   first reply, as the system prompt and tool schemas fill the row);
+   rollout and search backend. Each agent's whole context is one row (sft.rows=agent): the prompt, tool
+   results and every reply, so each reply is trained after exactly what inference shows it (the task it
+   copies a description from, the list a wave takes its next entities from, every report the final
+   table assembles). The lead and the subagents of its first call (the entity set) always become rows,
+   and `sft.subagents_per_task` of the entity subagents, drawn with sft.seed (the lookups of one task are
+   near copies of each other). sft.rows=turn makes one shorter row per reply instead, after its most
+   recent `sft.context_tokens` (optionally after the agent's prompt): cheaper, but blind to any source
+   further back;
 2. the loss is on the expert's reply tokens only: the trajectory's generated-token mask becomes the
    row's `assistant_masks`, so the prompt, tool results and turn hints are context, never targets;
 3. SFTTrainer (trl==1.16) trains `sft.max_steps` steps from `model.warm_start_from` (the random tiny
-   model) and the result is saved as a model folder (weights, tokenizer, chat template) that a model
-   config loads (conf/model/tiny.yaml).
+   model), in bf16 autocast with fp32 weights (sft.bf16), and the result is saved as a model folder
+   (weights, tokenizer, chat template) that a model config loads (conf/model/tiny.yaml).
 
 Before step 3, a copy stage (sft.copy_steps > 0) trains the random model on synthetic rows of random
 token spans each written twice, the loss on the second copy. Every cell of a table, URL of an access
@@ -19,8 +22,10 @@ call and name of a subtask is copied from the context, and a model from random w
 (an induction circuit: find the earlier occurrence of the current token, predict what followed it) only
 after a sudden transition: on the expert's rows it was not reached within the SFT budget, on copy rows
 it is (in three runs the copy accuracy stayed below 5% for 350 to 900 steps, then passed 90% within
-about 100), so the stage runs until sft.copy_target_accuracy. The held-out reply-token accuracy of the
-warm start rose from 45% to 77% (lead) and from 40% to 59% (subagents) with it.
+about 100), so the stage runs until sft.copy_target_accuracy. Then `sft.copy_text_steps` steps copy spans
+of the expert's own contexts (a passage, then spans drawn from it): real text repeats its tokens, and
+copying it needs more than the current token as a key. Measured on held-out expert replies and in free
+running in experiments/cpu_demo/README.md.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from wideseek_exp import WideseekError
 from wideseek_exp.buildinfo import BuildResult, build_folder, fingerprint, read_stamp
 
-SFT_VERSION = "sft-2"
+SFT_VERSION = "sft-3"
 
 
 def agent_rows(agent, max_length: int, rows: str, context_tokens: int,
@@ -62,6 +67,36 @@ def agent_rows(agent, max_length: int, rows: str, context_tokens: int,
         reply = reply[: max_length - len(context)]
         out.append((context + reply, [0] * len(context) + [1] * len(reply)))
     return out
+
+
+def kept_agents(agents: list, keep: int, rng: random.Random) -> list:
+    """The agents of one trajectory that become rows: the lead, the subagents of its first call (the
+    entity set), and `keep` of the later subagents drawn with `rng` (keep=0: all of them)."""
+    later = [a for a in agents if a.role != "lead" and not str(a.agent_id).startswith("lead.1.")]
+    if keep <= 0 or len(later) <= keep:
+        return list(agents)
+    drawn = {id(a) for a in rng.sample(later, keep)}
+    return [a for a in agents if a.role == "lead" or str(a.agent_id).startswith("lead.1.") or id(a) in drawn]
+
+
+def keep_freed_memory() -> None:
+    """Training steps of varying length allocate and free buffers of hundreds of MB (the logits of a 6K-token
+    row); glibc hands them back to the kernel and faults them in again every step. Keeping them in the heap
+    (mmap threshold and trim threshold raised, as MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ would) halves
+    the page faults and system time of the training loop (experiments/cpu_demo/train_speed.py). A no-op
+    where the C library has no mallopt (not glibc)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    mallopt(m_mmap_threshold, 1 << 30)
+    mallopt(m_trim_threshold, (1 << 31) - 1)
+    mallopt(m_top_pad, 1 << 28)
 
 
 def check_settings(sft) -> None:
@@ -99,6 +134,33 @@ def copy_rows(rng, batch_size: int, length: int, vocabulary, span: tuple[int, in
     return torch.tensor(rows), torch.tensor(labels)
 
 
+def text_copy_rows(rng, batch_size: int, length: int, sources: list[list[int]], span: tuple[int, int]):
+    """A batch of copy rows from real contexts: a passage (the first half of the row, a window of one of
+    `sources`, e.g. the expert's contexts) followed by spans drawn from it, until the row holds `length`
+    tokens. Labels are -100 except on each span's tokens after its first. Real text repeats its tokens
+    ("the", "of", a name's first word), so the copy must key on more than the current token, as a table cell
+    or a subtask copied from the task does."""
+    import torch
+
+    passage_length = length // 2
+    pool = [s for s in sources if len(s) > passage_length] or sources
+    rows, labels = [], []
+    for _ in range(batch_size):
+        source = pool[int(rng.integers(len(pool)))]
+        start = int(rng.integers(max(1, len(source) - passage_length + 1)))
+        passage = list(source[start: start + passage_length])
+        ids, target = list(passage), [-100] * len(passage)
+        while len(ids) < length:
+            size = min(int(rng.integers(span[0], span[1] + 1)), len(passage))
+            begin = int(rng.integers(len(passage) - size + 1))
+            piece = passage[begin: begin + size]
+            ids += piece
+            target += [-100] + piece[1:]
+        rows.append(ids[:length])
+        labels.append(target[:length])
+    return torch.tensor(rows), torch.tensor(labels)
+
+
 def copy_vocabulary(tokenizer):
     """The ids copy rows draw from: every token but the chat markers and tags (added tokens)."""
     import numpy as np
@@ -118,7 +180,7 @@ def mixed_copy_rows(sft, tokenizer, count: int) -> list[dict]:
             for row, target in zip(ids.tolist(), labels.tolist())]
 
 
-def copy_stage(model, tokenizer, sft, log_metrics=None) -> dict:
+def copy_stage(model, tokenizer, sft, log_metrics=None, sources: list[list[int]] | None = None) -> dict:
     """Train `model` in place on batches of copy rows (AdamW, constant lr after a 50-step warm-up) until the
     greedy copy accuracy of the last 20 steps reaches sft.copy_target_accuracy, or for sft.copy_steps steps.
     The skill appears suddenly, after a number of steps that varies with the seed and settings (350 to 950
@@ -137,10 +199,16 @@ def copy_stage(model, tokenizer, sft, log_metrics=None) -> dict:
     target, window = float(sft.copy_target_accuracy), 20
     model.train()
     history = []
-    for step in range(1, steps + 1):
-        ids, labels = copy_rows(rng, int(sft.copy_batch_size), int(sft.copy_length), vocabulary,
-                                (int(sft.copy_span_min), int(sft.copy_span_max)))
-        logits = model(input_ids=ids).logits[:, :-1]
+    text_steps = int(sft.copy_text_steps) if sources else 0
+    span = (int(sft.copy_span_min), int(sft.copy_span_max))
+    text_started = None
+    for step in range(1, steps + text_steps + 1):
+        if text_started is None:
+            ids, labels = copy_rows(rng, int(sft.copy_batch_size), int(sft.copy_length), vocabulary, span)
+        else:
+            ids, labels = text_copy_rows(rng, int(sft.copy_batch_size), int(sft.copy_text_length), sources, span)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(sft.bf16)):
+            logits = model(input_ids=ids).logits[:, :-1].float()
         targets = labels[:, 1:]
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         optimizer.zero_grad()
@@ -150,19 +218,38 @@ def copy_stage(model, tokenizer, sft, log_metrics=None) -> dict:
         mask = targets != -100
         accuracy = (logits.argmax(-1)[mask] == targets[mask]).float().mean().item()
         history.append((loss.item(), accuracy))
-        if log_metrics is not None:
-            log_metrics({"sft/copy_loss": loss.item(), "sft/copy_accuracy": accuracy}, step=step)
-        reached = len(history) >= window and sum(h[1] for h in history[-window:]) / window >= target
-        if step % 100 == 0 or step == steps or reached:
-            print(f"sft: copy step {step}/{steps}: loss {loss.item():.3f}, copy accuracy {accuracy:.3f}", flush=True)
-        if reached:  # the skill is there: the rest of the budget goes unspent
-            break
-    steps = len(history)
-    tenth = max(1, steps // 10)
+        if text_started is None:
+            if log_metrics is not None:
+                log_metrics({"sft/copy_loss": loss.item(), "sft/copy_accuracy": accuracy}, step=step)
+            reached = len(history) >= window and sum(h[1] for h in history[-window:]) / window >= target
+            if step % 100 == 0 or step == steps or reached:
+                print(f"sft: copy step {step}/{steps}: loss {loss.item():.3f}, copy accuracy {accuracy:.3f}",
+                      flush=True)
+            if reached or step >= steps:  # the skill is there: the rest of the budget goes unspent
+                if not text_steps:
+                    break
+                text_started = len(history)
+        else:
+            done = len(history) - text_started
+            if log_metrics is not None:
+                log_metrics({"sft/text_copy_loss": loss.item(), "sft/text_copy_accuracy": accuracy}, step=done)
+            if done % 100 == 0 or done == text_steps:
+                print(f"sft: text copy step {done}/{text_steps}: loss {loss.item():.3f}, copy accuracy "
+                      f"{accuracy:.3f}", flush=True)
+            if done >= text_steps:
+                break
+    tokens = history[:text_started] if text_started is not None else history
+    tenth = max(1, len(tokens) // 10)
     mean = lambda values: round(sum(values) / len(values), 4)  # noqa: E731
-    return {"copy_steps": steps, "copy_loss_first": mean([h[0] for h in history[:tenth]]),
-            "copy_loss_last": mean([h[0] for h in history[-tenth:]]),
-            "copy_accuracy_last": mean([h[1] for h in history[-tenth:]])}
+    stats = {"copy_steps": len(tokens), "copy_loss_first": mean([h[0] for h in tokens[:tenth]]),
+             "copy_loss_last": mean([h[0] for h in tokens[-tenth:]]),
+             "copy_accuracy_last": mean([h[1] for h in tokens[-tenth:]])}
+    if text_started is not None:
+        text = history[text_started:]
+        tenth = max(1, len(text) // 10)
+        stats.update({"text_copy_steps": len(text), "text_copy_accuracy_first": mean([h[1] for h in text[:tenth]]),
+                      "text_copy_accuracy_last": mean([h[1] for h in text[-tenth:]])})
+    return stats
 
 
 def expert_rows(cfg: DictConfig, tokenizer, tasks: list, max_length: int) -> tuple[list[dict], dict]:
@@ -182,8 +269,9 @@ def expert_rows(cfg: DictConfig, tokenizer, tasks: list, max_length: int) -> tup
     share = float(cfg.sft.prompt_share)
     rng = random.Random(int(cfg.sft.seed))
     rows, cut, prompted = [], 0, 0
+    per_task = int(cfg.sft.subagents_per_task)
     for trajectory in trajectories:
-        for agent in trajectory.agents:
+        for agent in kept_agents(trajectory.agents, per_task, rng):
             cut += len(agent.token_ids()) > max_length
             settings = (max_length, str(cfg.sft.rows), int(cfg.sft.context_tokens))
             keep_all = bool(cfg.sft.keep_prompt)
@@ -215,21 +303,20 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> di
 
     sft = cfg.sft
     check_settings(sft)  # before minutes of copy stage and rollouts
+    keep_freed_memory()
     tasks = [task for task in load_task_set(cfg.data, "train") if task.is_table]  # never the test split
     random.Random(sft.seed).shuffle(tasks)
     tasks = tasks[: sft.tasks] if sft.tasks else tasks
     model, tokenizer = load_model_and_tokenizer(base, dtype="float32", device="cpu")
-    copy_stats = {}
-    if int(sft.copy_steps) > 0:
-        started = time.perf_counter()
-        copy_stats = copy_stage(model, tokenizer, sft, log_metrics)
-        copy_stats["copy_seconds"] = round(time.perf_counter() - started, 2)
     started = time.perf_counter()
     rows, stats = expert_rows(cfg, tokenizer, tasks, int(sft.max_length))
-    stats.update(copy_stats)
     stats["expert_seconds"] = round(time.perf_counter() - started, 2)
     if not rows:
         raise WideseekError("sft: the expert produced no trainable rows (check sft.tasks and data=)")
+    if int(sft.copy_steps) > 0:
+        started = time.perf_counter()
+        stats.update(copy_stage(model, tokenizer, sft, log_metrics, [r["input_ids"] for r in rows]))
+        stats["copy_seconds"] = round(time.perf_counter() - started, 2)
     share = float(sft.copy_share)
     if share > 0:  # copy rows among the expert's keep the copying skill alive while the templates are learnt
         rows = rows + mixed_copy_rows(sft, tokenizer, round(len(rows) * share / (1 - share)))
@@ -252,7 +339,7 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> di
         per_device_train_batch_size=int(sft.batch_size), lr_scheduler_type="cosine",
         warmup_steps=float(sft.warmup_ratio), train_sampling_strategy="group_by_length",
         weight_decay=0.0, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
-        use_cpu=True, seed=int(sft.seed), max_length=int(sft.max_length), packing=False,
+        use_cpu=True, bf16=bool(sft.bf16), seed=int(sft.seed), max_length=int(sft.max_length), packing=False,
         dataset_text_field="input_ids", remove_unused_columns=False, dataloader_num_workers=0,
     )
     model.train()

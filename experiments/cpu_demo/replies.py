@@ -1,6 +1,6 @@
 """How well a model predicts the scripted expert's replies on train tasks the warm start never saw.
 
-    python experiments/cpu_demo/replies.py MODEL_FOLDER [MODEL_FOLDER ...] [--tasks 4]
+    python experiments/cpu_demo/replies.py MODEL_FOLDER [MODEL_FOLDER ...] [--tasks 4] [sft.tasks=64 ...]
 
 The expert plays the first --tasks train tasks that are not among the warm start's sft.tasks (same
 shuffle and seed as wideseek_exp/sft.py); every reply of every agent is scored in its full context, as
@@ -27,9 +27,13 @@ sys.path.insert(0, str(REPO))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("models", nargs="+")
+    parser.add_argument("items", nargs="+", metavar="MODEL_FOLDER | KEY=VALUE",
+                        help="model folders, and the config overrides their warm start was built with (e.g. "
+                             "sft.tasks=64: the held-out tasks come after its sft.tasks)")
     parser.add_argument("--tasks", type=int, default=4)
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
+    args.models = [item for item in args.items if "=" not in item]
+    overrides = [item for item in args.items if "=" in item]
 
     import torch
     from hydra import compose, initialize_config_dir
@@ -43,7 +47,7 @@ def main() -> None:
     from wideseek_exp.tasks.loaders import load_task_set
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["tracking.enabled=false"])
+        cfg = compose(config_name="config", overrides=["tracking.enabled=false", *overrides])
     tasks = [t for t in load_task_set(cfg.data, "train") if t.is_table]
     shuffled = list(tasks)
     random.Random(cfg.sft.seed).shuffle(shuffled)
