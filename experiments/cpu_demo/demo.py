@@ -23,9 +23,9 @@ WIDTHS = (1, 2, 4, 8)
 # 12 test tasks, every 10th (the split is stored family by family: its first 8 tasks are one family, whose
 # list pages the expert's searches miss), one trial each: CPU-sized
 EVAL = ("eval.stride=10", "eval.limit=12", "eval.samples=1")
-# 16 steps of 2 train tasks x 4 rollouts (a step takes 4-30 s: most rollouts end early); replies of up to 512
+# 8 steps of 2 train tasks x 4 rollouts (a step takes 4-64 s: most rollouts end early); replies of up to 512
 # tokens, a table of about 20 rows
-TRAIN = ("trainer=debug", "trainer.max_steps=16", "trainer.tasks_per_step=2", "trainer.num_generations=4",
+TRAIN = ("trainer=debug", "trainer.max_steps=8", "trainer.tasks_per_step=2", "trainer.num_generations=4",
          "trainer.eval_every=0", "trainer.save_every=0", "model.max_reply_tokens=512", "eval.limit=2", "eval.samples=1")
 
 
