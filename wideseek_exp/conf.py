@@ -310,7 +310,7 @@ class TrainerConfig:
 @dataclass
 class SftConfig:
     """The imitation warm start (task=sft; task=build makes it for model.source=tiny_sft). The defaults
-    were sized on a 2-core CPU (experiments/cpu_demo/README.md): about 18 minutes in all."""
+    were sized on a 2-core CPU (experiments/cpu_demo/README.md): about 15 minutes in all."""
 
     tasks: int = 64  # train tasks the expert plays (0: all 497)
     max_length: int = 6144  # tokens per row
@@ -333,7 +333,7 @@ class SftConfig:
     width: int = 4
     expert_max_reply_tokens: int = 4096  # the expert's own reply budget (its final tables are long)
     # one row per step (rows run from a few hundred to 6144 tokens: no padding); 460 steps are two passes
-    # over the 64 tasks' 230 rows (lead, list subagent, 2 entity subagents each), about 700 s on a 2-core
+    # over the 64 tasks' 230 rows (lead, list subagent, 2 entity subagents each), 614 s on an idle 2-core
     # CPU. The same steps over 128 tasks, one pass, did no better (experiments/cpu_demo/README.md)
     max_steps: int = 460
     batch_size: int = 1
@@ -343,7 +343,7 @@ class SftConfig:
     # The copy stage before the SFT: rows of random token spans, each written twice, loss on the second copy,
     # so that the model learns to copy from its context (names, URLs, facts) before it imitates. At most
     # copy_steps steps (0: no copy stage); it ends once copy_target_accuracy is reached (seed 0: after 467
-    # steps, about 160 s on an idle 2-core CPU in bf16)
+    # steps; with the text copy below, 258 s on an idle 2-core CPU in bf16)
     copy_steps: int = 1500
     copy_target_accuracy: float = 0.95  # mean greedy accuracy on the second copies over the last 20 steps
     copy_batch_size: int = 16
@@ -359,8 +359,9 @@ class SftConfig:
     # share of the SFT rows that are copy rows (mixed in with the expert's, copy_length tokens each)
     copy_share: float = 0.0
     # mixed precision: the forward and backward passes in bf16 under autocast, the weights and the optimizer
-    # in fp32 (experiments/cpu_demo/train_speed.py: about 2x the tokens per second of fp32 on a CPU with
-    # AVX512-BF16; a CPU without it computes the same, more slowly)
+    # in fp32. experiments/cpu_demo/train_speed.py on a 2-core CPU with AVX512-BF16, rows of 1000-6000
+    # tokens: 1.34x the tokens per second of fp32, 1.92x with freed memory kept in the heap (as task=sft
+    # does); a CPU without bf16 units computes the same, more slowly
     bf16: bool = True
 
 
