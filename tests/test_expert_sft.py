@@ -191,7 +191,8 @@ def test_bad_sft_settings_fail_in_one_line_before_any_work(tmp_path):
     cfg = world_config()
     bad = [({"copy_span_min": 1}, "sft.copy_span_min"), ({"copy_target_accuracy": 1.5}, "sft.copy_target_accuracy"),
            ({"copy_share": 1.0}, "sft.copy_share"), ({"prompt_share": -0.1}, "sft.prompt_share"),
-           ({"rows": "episode"}, "sft.rows")]
+           ({"rows": "episode"}, "sft.rows"), ({"copy_text_steps": -1}, "sft.copy_text_steps"),
+           ({"subagents_per_task": -2}, "sft.subagents_per_task"), ({"copy_text_length": 4}, "sft.copy_text_length")]
     for override, key in bad:
         wrong = OmegaConf.merge(cfg, {"sft": override})
         # a base folder that does not exist: the check comes before the model, the copy stage and the rollouts

@@ -110,6 +110,11 @@ def check_settings(sft) -> None:
                                 f"(got {value})")
     if not 0.0 < float(sft.copy_target_accuracy) <= 1.0:
         raise WideseekError(f"config key 'sft.copy_target_accuracy' must be in (0, 1] (got {sft.copy_target_accuracy})")
+    for key in ("copy_text_steps", "subagents_per_task"):
+        if int(sft[key]) < 0:
+            raise WideseekError(f"config key 'sft.{key}' must be >= 0 (got {sft[key]})")
+    if int(sft.copy_text_length) < 8:
+        raise WideseekError(f"config key 'sft.copy_text_length' must be >= 8 tokens (got {sft.copy_text_length})")
     if int(sft.copy_span_min) < 2 or int(sft.copy_span_max) < int(sft.copy_span_min):
         raise WideseekError(f"config keys 'sft.copy_span_min' and 'sft.copy_span_max' must satisfy 2 <= min <= max "
                             f"(got {sft.copy_span_min} and {sft.copy_span_max})")
