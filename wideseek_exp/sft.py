@@ -230,7 +230,7 @@ def copy_stage(model, tokenizer, sft, log_metrics=None, sources: list[list[int]]
             if step % 100 == 0 or step == steps or reached:
                 print(f"sft: copy step {step}/{steps}: loss {loss.item():.3f}, copy accuracy {accuracy:.3f}",
                       flush=True)
-            if reached or step >= steps:  # the skill is there: the rest of the budget goes unspent
+            if reached or step >= steps:  # the skill is there (the rest of the budget goes unspent), or no budget
                 if not text_steps:
                     break
                 text_started = len(history)
@@ -243,12 +243,12 @@ def copy_stage(model, tokenizer, sft, log_metrics=None, sources: list[list[int]]
                       f"{accuracy:.3f}", flush=True)
             if done >= text_steps:
                 break
-    tokens = history[:text_started] if text_started is not None else history
-    tenth = max(1, len(tokens) // 10)
+    random_spans = history[:text_started] if text_started is not None else history
+    tenth = max(1, len(random_spans) // 10)
     mean = lambda values: round(sum(values) / len(values), 4)  # noqa: E731
-    stats = {"copy_steps": len(tokens), "copy_loss_first": mean([h[0] for h in tokens[:tenth]]),
-             "copy_loss_last": mean([h[0] for h in tokens[-tenth:]]),
-             "copy_accuracy_last": mean([h[1] for h in tokens[-tenth:]])}
+    stats = {"copy_steps": len(random_spans), "copy_loss_first": mean([h[0] for h in random_spans[:tenth]]),
+             "copy_loss_last": mean([h[0] for h in random_spans[-tenth:]]),
+             "copy_accuracy_last": mean([h[1] for h in random_spans[-tenth:]])}
     if text_started is not None:
         text = history[text_started:]
         tenth = max(1, len(text) // 10)
