@@ -171,7 +171,7 @@ def subagent_reply(chat: Conversation) -> str:
     if listing := _LIST_SUBTASK.match(subtask):
         return _list_reply(listing.group(1), results)
     if entity := _ENTITY_SUBTASK.match(subtask):
-        return _entity_reply(entity.group(1), entity.group(2), entity.group(3), _split_join(entity.group(4)), results)
+        return _entity_reply(entity.group(2), entity.group(3), _split_join(entity.group(4)), results)
     return answer("I cannot do this subtask.", "The subtask is not one I know.")
 
 
@@ -201,7 +201,7 @@ def _key_words(description: str) -> str:
     return " ".join([words[0]] + [w for w in words[1:] if w[0].isupper() or w[0].isdigit() or w[0] == "("])
 
 
-def _entity_reply(noun: str, name: str, page_url: str, attributes: list[str], results: list[str]) -> str:
+def _entity_reply(name: str, page_url: str, attributes: list[str], results: list[str]) -> str:
     if not results:
         # three hits each: the page is among them for all but a few entities (item F1 within a point of
         # three queries of five hits), at under half the context a subagent reads and the warm start trains on
