@@ -181,6 +181,7 @@ class AgentConfig:
     repeat_call_limit: int = 3  # the same tool call this many times in a row ends the agent (0: never)
     tool_wait_s: float = 1.0  # generation waits this long for running tool calls to join its batch
     thinking: bool = True
+    tool_grammar: str = "off"  # off | schema | seen_urls: decode replies under a grammar (agents/grammar.py)
     temperature: float = II("model.temperature")  # 1.0 for the paper's models
     top_p: float = 1.0
 

@@ -235,7 +235,10 @@ def expert_reply(prompt_text: str) -> str:
 
 
 class ExpertEngine(Engine):
-    """The scripted expert behind the Engine interface: prompt ids in, the expert's reply ids out."""
+    """The scripted expert behind the Engine interface: prompt ids in, the expert's reply ids out. Its replies
+    lie in every reply grammar (agents/grammar.py) by construction, so it takes grammars and needs no mask."""
+
+    supports_grammars = True
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer

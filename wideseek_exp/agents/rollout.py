@@ -64,6 +64,7 @@ from functools import partial
 
 from wideseek_exp import WideseekError
 from wideseek_exp.agents import prompts
+from wideseek_exp.agents.grammar import check_mode, reply_grammar
 from wideseek_exp.agents.parser import (
     CallLimits,
     ToolCall,
@@ -111,6 +112,7 @@ class Limits:
     thinking: bool
     temperature: float
     top_p: float
+    tool_grammar: str = "off"  # agents/grammar.py: off | schema | seen_urls
 
     @classmethod
     def from_config(cls, agent_cfg, search_cfg) -> Limits:
@@ -130,6 +132,7 @@ class Limits:
             thinking=bool(agent_cfg.thinking),
             temperature=float(agent_cfg.temperature),
             top_p=float(agent_cfg.top_p),
+            tool_grammar=check_mode(str(agent_cfg.get("tool_grammar", "off"))),
         )
 
     @property
@@ -224,6 +227,7 @@ class _Request:
     prompt_ids: list[int]
     max_new_tokens: int
     future: asyncio.Future
+    grammar: str | None = None
 
 
 @dataclass
@@ -337,12 +341,15 @@ class Scheduler:
     # -- what agents wait for --------------------------------------------------------------------
 
     async def generate(self, engine: Engine, prompt_ids: list[int], max_new_tokens: int, order: tuple,
-                       seed: int) -> Completion:
+                       seed: int, grammar: str | None = None) -> Completion:
+        if grammar is not None and not engine.supports_grammars:
+            raise WideseekError(f"agent.tool_grammar needs an engine that decodes under a grammar; "
+                                f"{type(engine).__name__} does not (use agent.tool_grammar=off)")
         queue = self.queues.get(id(engine))
         if queue is None:
             queue = self.queues[id(engine)] = _EngineQueue(
                 engine, len(self.queues), ThreadPoolExecutor(1, thread_name_prefix=f"rollout-engine{len(self.queues)}"))
-        request = _Request(order, seed, list(prompt_ids), max_new_tokens, self.loop.create_future())
+        request = _Request(order, seed, list(prompt_ids), max_new_tokens, self.loop.create_future(), grammar)
         queue.pending.append(request)
         return await self._wait(request.future)
 
@@ -384,6 +391,7 @@ class Scheduler:
         sampling = SamplingParams(
             max_new_tokens=max(r.max_new_tokens for r in requests), temperature=self.temperature, top_p=self.top_p,
             seed=derive_seed(self.seed, "batch", *(r.seed for r in requests)),
+            grammars=tuple(r.grammar for r in requests) if any(r.grammar for r in requests) else (),
         )
         record = FlushRecord(queue.index, len(requests), sampling.max_new_tokens, self.tool_requests_in_flight,
                              time.perf_counter() - self.started)
@@ -470,6 +478,7 @@ class Scheduler:
 class _AgentState:
     run: AgentRun
     seen_urls: set[str] = field(default_factory=set)  # normalised URLs from this agent's search results
+    shown_urls: dict[str, None] = field(default_factory=dict)  # those URLs as the results showed them, in order
     recent_calls: list[str] = field(default_factory=list)
 
 
@@ -549,14 +558,15 @@ class Episode:
             budget = min(limits.max_reply_tokens, max_context - len(context))
             seed = derive_seed(rollout.seed, self.task.instance_id, self.sample_index, agent_id, turn_number)
             order = (self.task_index, self.sample_index, agent_id, turn_number, 0)
-            completion = await rollout.scheduler.generate(engine, context, budget, order, seed)
+            grammar = self.grammar(agent) if limits.tool_grammar != "off" else None
+            completion = await rollout.scheduler.generate(engine, context, budget, order, seed, grammar)
             # A batch shares one max_new_tokens (the largest budget in it): cut this reply to its own budget.
             response = list(completion.token_ids[:budget])
             logprobs = list(completion.logprobs[:budget])
             finish = completion.finish_reason if len(completion.token_ids) <= budget else "length"
             text = chat.decode(response)
             parsed = parse_reply(text, role, limits.call_limits)
-            turn = Turn(response, logprobs, finish, parse_flags=parsed.flags, seed=seed)
+            turn = Turn(response, logprobs, finish, parse_flags=parsed.flags, seed=seed, grammar=grammar)
             if parsed.call is not None:
                 turn.tool_name, turn.tool_arguments = parsed.call.name, parsed.call.arguments
             agent.run.turns.append(turn)
@@ -587,6 +597,13 @@ class Episode:
             turn.followup_ids = followup
             context += response + followup
         return agent.run
+
+    def grammar(self, agent: _AgentState) -> str:
+        """The reply grammar of this agent's next turn (agent.tool_grammar)."""
+        limits = self.rollout.limits
+        seen = list(agent.shown_urls) if limits.tool_grammar == "seen_urls" else None
+        return reply_grammar(agent.run.role, width=limits.width, max_queries=limits.max_queries,
+                             max_urls=limits.max_urls, thinking=limits.thinking, seen_urls=seen)
 
     def _repeats(self, agent: _AgentState, call: ToolCall) -> bool:
         """True when this call is the `repeat_call_limit`-th identical call in a row."""
@@ -636,6 +653,7 @@ class Episode:
             lines = [f'Results for "{query}":']
             for rank, hit in enumerate(hits, start=1):
                 agent.seen_urls.add(_url_key(hit.url))
+                agent.shown_urls[hit.url] = None
                 lines.append(f"[{rank}] {hit.title}\nURL: {hit.url}\n{hit.snippet}")
             blocks.append("\n".join(lines))
         return "\n\n".join(blocks)

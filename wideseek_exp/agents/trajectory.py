@@ -33,6 +33,7 @@ class Turn:
     tool_result: str | None = None  # the text the agent was shown (turn hint included)
     followup_ids: list[int] = field(default_factory=list)  # appended to the context after the response
     seed: int | None = None  # the request's seed (see rollout: how generation is seeded)
+    grammar: str | None = None  # the grammar the reply was decoded under (agent.tool_grammar), None: free text
 
 
 @dataclass

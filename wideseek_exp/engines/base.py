@@ -16,6 +16,9 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()  # generation ends after the first completed stop string (kept in output)
     seed: int | None = None
+    # One reply grammar per prompt (EBNF, agents/grammar.py), or None for free text; empty: none at all.
+    # Only engines with `supports_grammars` honour it; the rollout refuses to send grammars to others.
+    grammars: tuple[str | None, ...] = ()
 
 
 @dataclass
@@ -30,6 +33,8 @@ class Completion:
 
 
 class Engine(ABC):
+    supports_grammars = False  # decodes under SamplingParams.grammars
+
     @abstractmethod
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
         """One completion per prompt, in the order of `prompts`."""

@@ -302,7 +302,48 @@ class _Row:
         self.stop_reason: str | None = None
 
 
+class GrammarMasks:
+    """Token masks for replies decoded under a grammar (SamplingParams.grammars), with xgrammar: one matcher
+    per row, advanced by every sampled token; before each sample the tokens the grammar rejects get -inf.
+    The sampled token's logprob is then taken under the masked distribution, the one it was drawn from.
+    Compiled grammars are cached by their text (a subagent's grammar changes only with its search results)."""
+
+    def __init__(self, tokenizer, vocab_size: int, stop_ids):
+        import xgrammar
+
+        self.xgr = xgrammar
+        info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(stop_ids))
+        self.compiler = xgrammar.GrammarCompiler(info, cache_enabled=True)
+        self.vocab_size = vocab_size
+
+    def matcher(self, grammar: str | None):
+        if grammar is None:
+            return None
+        try:
+            return self.xgr.GrammarMatcher(self.compiler.compile_grammar(grammar))
+        except RuntimeError as error:
+            raise WideseekError(f"a reply grammar does not compile: {str(error).splitlines()[0]}") from None
+
+    def apply(self, logits: torch.Tensor, matchers: list) -> None:
+        """Mask `logits` [rows, vocab] in place for the rows that have a matcher."""
+        rows = [b for b, m in enumerate(matchers) if m is not None]
+        if not rows:
+            return
+        bitmask = self.xgr.allocate_token_bitmask(len(matchers), self.vocab_size)
+        for b in rows:
+            matchers[b].fill_next_token_bitmask(bitmask, b)
+        self.xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device),
+                                             indices=rows if len(rows) < len(matchers) else None)
+
+    @staticmethod
+    def advance(matcher, token: int) -> None:
+        if matcher is not None and not matcher.is_terminated() and not matcher.accept_token(token):
+            raise WideseekError(f"token {token} was sampled against its grammar")
+
+
 class HFEngine(Engine):
+    supports_grammars = True
+
     def __init__(self, model, tokenizer, max_batch_size: int = 16, prefix_cache_mb: float = 0):
         if max_batch_size < 1:
             raise WideseekError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -335,6 +376,7 @@ class HFEngine(Engine):
         self.eos_token_ids = frozenset(eos)
         self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         self._weights_seen: torch.Tensor | None = None
+        self._grammar_masks: GrammarMasks | None = None
         self.stats = EngineStats()
 
     # ---- public ----
@@ -358,9 +400,11 @@ class HFEngine(Engine):
                     started = time.perf_counter()
                     self._prefill_shared_prefixes([prompts[i] for i in live])
                     self.stats.prefill_s += time.perf_counter() - started
+                grammars = self._grammars(sampling, len(prompts))
                 for start in range(0, len(live), self.max_batch_size):
                     chunk = live[start : start + self.max_batch_size]
-                    self._generate_batch([prompts[i] for i in chunk], [rows[i] for i in chunk], sampling, generator)
+                    self._generate_batch([prompts[i] for i in chunk], [rows[i] for i in chunk], sampling, generator,
+                                         [grammars[i] for i in chunk])
         finally:
             self.model.train(was_training)
         return [self._completion(row) for row in rows]
@@ -373,6 +417,16 @@ class HFEngine(Engine):
         self.stats = EngineStats()
 
     # ---- internals ----
+
+    def _grammars(self, sampling: SamplingParams, count: int) -> list:
+        """One matcher (or None) per prompt."""
+        if not sampling.grammars:
+            return [None] * count
+        if len(sampling.grammars) != count:
+            raise WideseekError(f"{len(sampling.grammars)} grammars for {count} prompts")
+        if self._grammar_masks is None and any(g is not None for g in sampling.grammars):
+            self._grammar_masks = GrammarMasks(self.tokenizer, self.vocab_size, self.eos_token_ids)
+        return [self._grammar_masks.matcher(g) if g is not None else None for g in sampling.grammars]
 
     def _check_prompt(self, index: int, prompt: Sequence[int]) -> None:
         if len(prompt) == 0:
@@ -438,7 +492,8 @@ class HFEngine(Engine):
                 self.prefix_cache.store(seed, kv.row(b))
 
     def _generate_batch(
-        self, prompts: list[list[int]], rows: list[_Row], sampling: SamplingParams, generator: torch.Generator
+        self, prompts: list[list[int]], rows: list[_Row], sampling: SamplingParams, generator: torch.Generator,
+        matchers: list | None = None,
     ) -> None:
         started = time.perf_counter()
         hits = [self._lookup(p) for p in prompts]
@@ -452,11 +507,16 @@ class HFEngine(Engine):
         stops = tuple(s for s in sampling.stop if s)
         # Tokens enough to hold any stop string: each token is at least one byte, a character at most four.
         stop_window = 4 * max((len(s) for s in stops), default=0) + 1
+        matchers = matchers if matchers is not None and any(m is not None for m in matchers) else None
         try:
             while True:
+                if matchers is not None:
+                    self._grammar_masks.apply(logits, [matchers[r] for r in live])
                 tokens, logprobs = sample_next_tokens(logits, sampling.temperature, sampling.top_p, generator)
                 kept = []
                 for b, (r, token, logprob) in enumerate(zip(live, tokens.tolist(), logprobs.tolist())):
+                    if matchers is not None:
+                        GrammarMasks.advance(matchers[r], token)
                     if not self._append(rows[r], token, logprob, stops, stop_window):
                         kept.append(b)
                     elif self.prefix_cache is not None:  # its KV: the prompt and all its tokens but the last

@@ -1,0 +1,98 @@
+"""Structured tool calls (agent.tool_grammar): the grammar an agent's reply is decoded under.
+
+A small model writes most of a tool call right and still loses the turn to one wrong character: an
+unclosed string, a missing brace, a URL copied with a typo. Decoding under a grammar makes such replies
+impossible, the way vLLM's structured outputs do. The grammar of one reply (GBNF-style EBNF, the
+dialect xgrammar and vLLM read) is
+
+    reply    ::= think? (call | answer)
+    think    ::= "<think>\\n" thought "\\n</think>\\n\\n"      (when thinking is on)
+    call     ::= "<tool_call>\\n" one of the role's calls "\\n</tool_call>"
+    answer   ::= text without "<t" or "</t" (no tool call or think tag can hide in it)
+
+A call is the JSON the parser reads, in one fixed layout (`{"name": "search", "arguments": {...}}`,
+keys in schema order, ", " and ": " separators, as json.dumps writes it), with the role's limits:
+at most W subagents, max_queries queries, max_urls pages per call, non-empty strings. With
+tool_grammar=seen_urls an access URL is one of the URLs of the agent's own search results, and an
+agent that has searched nothing cannot call access at all; that is the rule the access tool enforces
+anyway (rollout: only URLs from the agent's own results are read), moved into decoding.
+
+Every reply the grammar admits parses (agents/parser.py) into a valid call of the role or into a
+final answer: tests/test_agents_grammar.py checks it on the expert's calls and on replies sampled
+from the grammar itself. The engine ends the reply with its end-of-turn token once the grammar is
+complete.
+"""
+
+from __future__ import annotations
+
+import json
+
+from wideseek_exp import WideseekError
+from wideseek_exp.agents.tools import ACCESS, CREATE_SUB_AGENTS, LEAD, SEARCH, SINGLE, SUBAGENT
+
+MODES = ("off", "schema", "seen_urls")
+
+# A JSON string's characters: anything but a quote, a backslash or a control character, or an escape; and no
+# "<t" or "</t", so that no string opens or closes a think block or a tool call for the parser.
+_JSON_TEXT = r"""
+jchar ::= [^"\\\x00-\x1f<] | tag_free | "\\" ["\\/bfnrt] | "\\u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F]
+jtext ::= "\"" ([^"\\\x00-\x20<] | tag_free) jchar* "\""
+tag_free ::= "<" [^"\\\x00-\x1f/t] | "</" [^"\\\x00-\x1ft]
+count ::= [1-9] [0-9]?
+""".strip()
+_ANSWER = r'answer ::= ([^<] | "<" [^t/] | "</" [^t])*'
+_THOUGHT = r'thought ::= [^<]*'
+
+
+def _literal(text: str) -> str:
+    """`text` as an EBNF string literal (JSON escaping is a subset of what the dialect reads)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _items(rule: str, most: int) -> str:
+    """`[ rule (, rule){0,most-1} ]`"""
+    tail = f' (", " {rule}){{0,{most - 1}}}' if most > 1 else ""
+    return f'"[" {rule}{tail} "]"'
+
+
+def _call(name: str, arguments: str) -> str:
+    return f'"{{\\"name\\": \\"{name}\\", \\"arguments\\": " {arguments} "}}"'
+
+
+def reply_grammar(role: str, *, width: int, max_queries: int, max_urls: int, thinking: bool,
+                  seen_urls: list[str] | None = None) -> str:
+    """The EBNF of one reply of `role`. `seen_urls`: None admits any URL (tool_grammar=schema); a list
+    admits only those (seen_urls; an empty list: no access call)."""
+    rules = [_JSON_TEXT]
+    calls = []
+    if seen_urls is None:
+        rules.append("url ::= jtext")
+    elif seen_urls:
+        rules.append("url ::= " + " | ".join(_literal(json.dumps(u, ensure_ascii=False)) for u in seen_urls))
+    can_access = seen_urls is None or bool(seen_urls)
+    if role == LEAD:
+        rules.append('subtask ::= "{\\"prompt\\": " jtext "}"')
+        calls.append(_call(CREATE_SUB_AGENTS, f'"{{\\"sub_agents\\": " {_items("subtask", width)} "}}"'))
+    elif role == SUBAGENT:
+        rules.append('query ::= "{\\"query\\": " jtext (", \\"count\\": " count)? "}"')
+        calls.append(_call(SEARCH, f'"{{\\"queries\\": " {_items("query", max_queries)} "}}"'))
+        if can_access:
+            rules.append('page ::= "{\\"url\\": " url ", \\"info_to_extract\\": " jtext "}"')
+            calls.append(_call(ACCESS, f'"{{\\"urls\\": " {_items("page", max_urls)} "}}"'))
+    elif role == SINGLE:
+        calls.append(_call(SEARCH, '"{\\"query\\": " jtext (", \\"count\\": " count)? "}"'))
+        if can_access:
+            calls.append(_call(ACCESS, '"{\\"url\\": " url ", \\"info_to_extract\\": " jtext "}"'))
+    else:
+        raise WideseekError(f"unknown role {role!r} for a reply grammar")
+    rules.append("call ::= " + " | ".join(f"({c})" for c in calls))
+    rules.append('tool_call ::= "<tool_call>\\n" call "\\n</tool_call>"')
+    rules += [_ANSWER, _THOUGHT]
+    head = '"<think>\\n" thought "\\n</think>\\n\\n" ' if thinking else ""
+    return "\n".join([f"root ::= {head}(tool_call | answer)", *rules]) + "\n"
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise WideseekError(f"config key 'agent.tool_grammar' must be one of {', '.join(MODES)} (got {mode!r})")
+    return mode
