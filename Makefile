@@ -12,12 +12,14 @@ ACCEL ?= zero3
 
 setup: $(STAMP)
 
-# torch first, then everything else under constraints.txt, so no package can swap in a CUDA build.
+# torch first, then everything else under constraints.txt, so no package can swap in a CUDA build. xgrammar
+# goes in without its dependencies: they pull triton (1 GB), which only its GPU kernels use.
 $(STAMP): requirements.txt constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps xgrammar==0.2.8
 	@touch $(STAMP)
 
 # The main job: build the mini-web world and the tiny model (and its warm start) if needed, then evaluate the default
