@@ -6,13 +6,21 @@ returns its next reply as token ids, in exactly the wire format a model emits (a
 then one <tool_call>{json}</tool_call>, or a final answer). So its trajectories carry real token ids
 and generated-token masks, and they are the demonstrations of the imitation warm start (task=sft).
 
-    lead      turn 1: one subagent finds the entity set ("Find the list of the <description>")
+    lead      turn 1: one subagent finds the entity set ("Find the list of the <description>"); once more
+                      if it found none
               then:   waves of at most W subagents, one entity each ("Find the page of the <noun>
                       "<name>" (<url>) and report its <attributes>"), while turns remain
               last:   the markdown table; cells it has no report for stay empty
-    subagent  list:   search the description; access the list pages among the hits; report the members
-              entity: search <name> and "<name> <attributes>"; access the page the list linked (or the hit titled
-                      <name>; none: "Not found"); report the "Label: value" lines
+    subagent  list:   search the description (5 hits); read the one hit that is the list of exactly this set;
+                      report its member lines as the page writes them ("- [name](url)")
+              entity: search "<name> <attributes>" (3 hits); read the page the list linked (or the hit titled
+                      <name>); report the "Label: value" lines in the order asked
+
+Every decision is one a small model can learn to copy: one call per turn, one page per access, reports
+that repeat lines of the page, thinking in fixed sentences. It reads whatever conversation it is given,
+not only its own: a wrong page read, a search that missed or a garbled call gets the next sensible step
+(the other query, the right hit, a report of what is missing), so it can label the states a model
+reaches in its own rollouts (on-policy imitation, rl/imitation.py).
 
 Under the lead's turn budget it covers W x (lead_max_turns - 2) entities, so its item F1 rises with W
 on the broad tasks. The policy is deterministic: every logprob it reports is 0.
@@ -43,9 +51,9 @@ _TOOL_RESPONSE = re.compile(r"<tool_response>\n(.*?)\n</tool_response>", re.DOTA
 _SUBTASK_BLOCK = re.compile(r"^Subtask \d+: ", re.MULTILINE)
 _LIST_SUBTASK = re.compile(r"^Find the list of the (.+?)\. Report the name of every entry\.$")
 _ENTITY_SUBTASK = re.compile(r'^Find the page of the (.+?) "(.+)" \((\S+)\) and report its (.+)\.$')
-_MEMBER = re.compile(r"^- (.+) \((\S+)\)$")
-_HIT = re.compile(r"^\[\d+\] (.*)\nURL: (\S+)", re.MULTILINE)
-_LINK = re.compile(r"^- \[(.+)\]\((\S+)\)$", re.MULTILINE)
+_MEMBER = re.compile(r"^- \[(.+)\]\((\S+)\)$")  # a list page's member line, as a list report repeats it
+_QUERY = re.compile(r'^(?:Results for|No results for) "(.*)"[:.]$', re.MULTILINE)
+_HIT_FULL = re.compile(r"^\[\d+\] (.*)\nURL: (\S+)\n(.*)$", re.MULTILINE)
 
 
 def _join(words: list[str]) -> str:
@@ -119,6 +127,14 @@ def _strip_hint(result: str) -> str:
 # ----------------------------------------------------------------------------------------------- lead
 
 
+def _reports(chat: Conversation):
+    """(subtask, report) of every subagent the lead has heard back from, in order."""
+    for result in chat.tool_results:
+        for block in _SUBTASK_BLOCK.split(_strip_hint(result))[1:]:
+            prompt, _, report = block.partition("\nResult: ")
+            yield prompt, report
+
+
 def lead_reply(chat: Conversation) -> str:
     spec = read_task(chat.user)
     if spec is None:
@@ -128,34 +144,37 @@ def lead_reply(chat: Conversation) -> str:
     members: list[tuple[str, str]] = []  # (name, url) from the list subagent
     facts: dict[str, dict[str, str]] = {}
     asked: set[str] = set()
-    for result in chat.tool_results:
-        for block in _SUBTASK_BLOCK.split(_strip_hint(result))[1:]:
-            prompt, _, report = block.partition("\nResult: ")
-            if _LIST_SUBTASK.match(prompt) and not members:
-                members = [m.groups() for line in report.splitlines() if (m := _MEMBER.match(line))]
-            elif entity := _ENTITY_SUBTASK.match(prompt):
-                name = entity.group(2)
-                asked.add(name)
-                facts[name] = dict(line.split(": ", 1) for line in report.splitlines() if ": " in line)
+    list_calls = 0
+    for prompt, report in _reports(chat):
+        if _LIST_SUBTASK.match(prompt):
+            list_calls += 1
+            if not members:
+                members = [(m.group(1), m.group(2)) for line in report.splitlines() if (m := _MEMBER.match(line))
+                           and "/list/" not in m.group(2)]
+        elif entity := _ENTITY_SUBTASK.match(prompt):
+            name = entity.group(2)
+            asked.add(name)
+            facts[name] = dict(line.split(": ", 1) for line in report.splitlines() if ": " in line)
 
-    if not chat.tool_results:
+    last_turn = chat.turn >= max_turns
+    # No list yet: ask for it (once more after a failed try: another subagent may find it).
+    if not members and list_calls < 2 and not last_turn:
         subtask = f"Find the list of the {spec.description}. Report the name of every entry."
         return tool_call("create_sub_agents", {"sub_agents": [{"prompt": subtask}]},
                          "First I need the whole set: one subagent finds the list.")
     todo = [(name, url) for name, url in members if name not in asked]
-    if todo and chat.turn < max_turns:
+    if todo and not last_turn:
         attributes = _join(spec.columns[1:])
         wave = [{"prompt": f'Find the page of the {spec.noun} "{name}" ({url}) and report its {attributes}.'}
                 for name, url in todo[:width]]
-        return tool_call("create_sub_agents", {"sub_agents": wave},
-                         f"{len(members)} entries, {len(todo)} still to look up: the next {len(wave)}.")
+        return tool_call("create_sub_agents", {"sub_agents": wave}, "Next, the entries still to look up.")
     header = "| " + " | ".join(spec.columns) + " |"
     lines = [header, "| " + " | ".join("---" for _ in spec.columns) + " |"]
     for name, _ in members:
         cells = [name] + [facts.get(name, {}).get(column, "") for column in spec.columns[1:]]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     table = "```markdown\n" + "\n".join(lines) + "\n```"
-    return answer(table, f"All reports are in for {len(facts)} of {len(members)} entries: the table.")
+    return answer(table, "The reports are in: the table.")
 
 
 # ------------------------------------------------------------------------------------------- subagent
@@ -165,60 +184,82 @@ def _subtask(user: str) -> str:
     return user.split("Your subtask:\n", 1)[1].strip() if "Your subtask:\n" in user else user.strip()
 
 
+@dataclass
+class _Seen:
+    """What a subagent's tool results hold so far: the hits of its searches and the pages it read."""
+
+    queries: list[str] = field(default_factory=list)
+    hits: list[tuple[str, str, str]] = field(default_factory=list)  # (title, url, snippet), in order
+    pages: dict[str, str] = field(default_factory=dict)  # url -> text read
+
+    @classmethod
+    def read(cls, results: list[str]) -> _Seen:
+        seen = cls()
+        for result in results:
+            if result.startswith("Results for ") or result.startswith("No results for "):
+                seen.queries += _QUERY.findall(result)
+                seen.hits += [(t, u, snippet) for t, u, snippet in _HIT_FULL.findall(result)]
+            elif result.startswith("Page: "):
+                for block in ("\n\n" + result).split("\n\nPage: ")[1:]:
+                    url, _, text = block.partition("\n")
+                    seen.pages[url.strip()] = text
+        return seen
+
+
 def subagent_reply(chat: Conversation) -> str:
     subtask = _subtask(chat.user)
-    results = [_strip_hint(r) for r in chat.tool_results]
+    seen = _Seen.read([_strip_hint(r) for r in chat.tool_results])
     if listing := _LIST_SUBTASK.match(subtask):
-        return _list_reply(listing.group(1), results)
+        return _list_reply(listing.group(1), seen)
     if entity := _ENTITY_SUBTASK.match(subtask):
-        return _entity_reply(entity.group(2), entity.group(3), _split_join(entity.group(4)), results)
+        return _entity_reply(entity.group(2), entity.group(3), _split_join(entity.group(4)), seen)
     return answer("I cannot do this subtask.", "The subtask is not one I know.")
 
 
-def _list_reply(description: str, results: list[str]) -> str:
-    """Search with the list pages' own wording, then read the list pages among the hits, five per turn,
-    until one is the list of exactly this set."""
-    if not results:
-        queries = [{"query": f"This list names entries, the {description}.", "count": 10},
-                   {"query": description, "count": 10}, {"query": _key_words(description) + " list", "count": 10}]
-        return tool_call("search", {"queries": queries}, "Search for the list page.")
-    for page in results[-1].split("\n\nPage: ") if len(results) > 1 else []:
-        if f", the {description}." in page:
-            links = [(name, url) for name, url in _LINK.findall(page) if "/list/" not in url]
-            return answer(f"The {description}: {len(links)} entries.\n" + "\n".join(f"- {n} ({u})" for n, u in links),
-                          "This page is the list.")
-    candidates = list(dict.fromkeys(url for _, url in _HIT.findall(results[0]) if "/list/" in url))
-    batch = candidates[5 * (len(results) - 1) : 5 * len(results)]
-    if not batch:
-        return answer("No list page found.", "None of the pages is the list.")
-    items = [{"url": url, "info_to_extract": f"the {description}: every entry with its https link"} for url in batch]
-    return tool_call("access", {"urls": items}, "Read the list pages to find the right one.")
+def _is_the_list(text: str, description: str) -> bool:
+    """A list page (or its snippet) of exactly this set: "This list names N entries, the <description>."."""
+    return f"entries, the {description}." in text or f"entry, the {description}." in text
 
 
-def _key_words(description: str) -> str:
-    """The head noun and the proper names and numbers of a description: what sets this list apart."""
-    words = description.split()
-    return " ".join([words[0]] + [w for w in words[1:] if w[0].isupper() or w[0].isdigit() or w[0] == "("])
+def _list_reply(description: str, seen: _Seen) -> str:
+    """Search the description; read the one hit that is the list of exactly this set; report its member lines
+    as the page gives them. A wrong page read or a search that missed is repaired with the other query."""
+    for url, text in seen.pages.items():
+        if _is_the_list(text, description):
+            members = [line for line in text.split("\n\nRelated lists\n")[0].splitlines()
+                       if (m := _MEMBER.match(line)) and "/list/" not in m.group(2)]
+            return answer("\n".join(members), "This page is the list.")
+    match = next((url for _, url, snippet in seen.hits if _is_the_list(snippet, description)
+                  and url not in seen.pages), None)
+    if match is not None:
+        return tool_call("access", {"urls": [{"url": match, "info_to_extract": "every entry with its https link"}]},
+                         "Read the list page.")
+    for query, count in ((description, 5), (f"This list names entries, the {description}.", 10)):
+        if query not in seen.queries:
+            return tool_call("search", {"queries": [{"query": query, "count": count}]}, "Search for the list page.")
+    return answer("No list page found.", "None of the pages is the list.")
 
 
-def _entity_reply(name: str, page_url: str, attributes: list[str], results: list[str]) -> str:
-    if not results:
-        # three hits each: the page is among them for all but a few entities (item F1 within a point of
-        # three queries of five hits), at under half the context a subagent reads and the warm start trains on
-        queries = [{"query": name, "count": 3}, {"query": f"{name} {' '.join(attributes)}", "count": 3}]
-        return tool_call("search", {"queries": queries}, f"Search for {name}.")
-    if len(results) == 1:
-        hits = [(title, url) for title, url in _HIT.findall(results[0]) if "/list/" not in url]
-        exact = [url for title, url in hits if url == page_url or title.strip().lower() == name.lower()]
-        # no page of that name among the hits: report it missing rather than read another entity's page
-        url = page_url if page_url in exact else exact[0] if exact else None
-        if url is None:
-            return answer(f"{name}\nNot found.", "The search found no page.")
+def _entity_reply(name: str, page_url: str, attributes: list[str], seen: _Seen) -> str:
+    """Search the name with the attributes (one query finds the page of 96% of the train tasks' entities, three
+    hits each); read the page the list linked, or the hit titled with the name; report "Label: value" lines in
+    the order asked. Not found after a second search (the name alone): report it missing rather than read
+    another entity's page."""
+    for url, text in seen.pages.items():
+        if url == page_url or text.split("\n", 1)[0].strip().lower() == name.lower():
+            found = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+            lines = [f"{label}: {found[label]}" for label in attributes if label in found]
+            return answer("\n".join([name, *lines]), "Report the facts.")
+    hits = [(title, url) for title, url, _ in seen.hits if "/list/" not in url and url not in seen.pages]
+    exact = [url for title, url in hits if url == page_url or title.strip().lower() == name.lower()]
+    if exact:
+        url = page_url if page_url in exact else exact[0]
         return tool_call("access", {"urls": [{"url": url, "info_to_extract": _join(attributes)}]},
                          f"Read the page of {name}.")
-    found = dict(line.split(": ", 1) for line in results[-1].splitlines() if ": " in line)
-    lines = [f"{label}: {found[label]}" for label in attributes if label in found]
-    return answer("\n".join([name, *lines]), "Report the facts.")
+    for query, count in ((f"{name} {_join(attributes)}", 3), (name, 5)):
+        if query not in seen.queries:
+            return tool_call("search", {"queries": [{"query": query, "count": count}]}, f"Search for {name}.")
+    return answer(f"{name}\nNot found.", "The search found no page.")
 
 
 # --------------------------------------------------------------------------------------------- engine
