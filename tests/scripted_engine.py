@@ -82,7 +82,7 @@ class PromptView:
 
 
 def view(text: str) -> PromptView:
-    from wideseek_exp.agents.expert import read_prompt
+    from wideseek_exp.engines.expert import read_prompt
 
     chat = read_prompt(text)
     subtask = None

@@ -5,7 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 from scripted_engine import tiny_tokenizer, world_config
 
-from wideseek_exp.agents.expert import ExpertEngine, read_task
+from wideseek_exp.engines.expert import ExpertEngine, read_task
 from wideseek_exp.agents.rollout import run_rollouts
 from wideseek_exp.scoring import make_judge, score_response
 from wideseek_exp.search.factory import make_search_backend

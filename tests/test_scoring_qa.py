@@ -12,7 +12,8 @@ from test_rl_reward import WIDESEEK, trajectory
 from wideseek_exp.rl.reward import trajectory_reward
 from wideseek_exp.scoring import ExactJudge, JudgeError, score_response
 from wideseek_exp.scoring.aggregate import summarize_task
-from wideseek_exp.scoring.qa import extract_boxed, normalize_answer, reference_answers
+from wideseek_exp.scoring.judges import normalize_answer
+from wideseek_exp.scoring.qa import extract_boxed, reference_answers
 from wideseek_exp.tasks.record import TaskRecord
 
 

@@ -166,7 +166,7 @@ class SearchConfig:
 @dataclass
 class AgentConfig:
     name: str = MISSING  # wideseek | singleseek
-    policy: str = "model"  # model | scripted (agents/expert.py: the code baseline; the model gives only its tokenizer)
+    policy: str = "model"  # model | scripted (engines/expert.py: the code baseline; the model gives only its tokenizer)
     max_subagents_per_call: int = II("subagents")  # the width W, stated in the lead's tool description
     lead_max_turns: int = 10
     subagent_max_turns: int = 20

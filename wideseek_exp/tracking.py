@@ -13,7 +13,7 @@
   machines (joblib, submitit) find the parent the same way, through the shared sweep folder.
   The parent's params name what is swept (`sweep.keys`, and `sweep.<key>` = the values). When the
   sweep ends, even after a failed job, the parent gets `summary.csv` (one row per child) and a
-  scaling plot (wideseek_exp/sweep_report.py), also written into the sweep folder.
+  scaling plot (wideseek_exp/analysis/sweep_report.py), also written into the sweep folder.
 """
 
 from __future__ import annotations
@@ -369,7 +369,7 @@ class SweepCallback(Callback):
         run_id, self.run_id = self.run_id, None
         client = mlflow.MlflowClient(self.uri)
         try:  # a report that fails must not hide the sweep's own outcome
-            from wideseek_exp.sweep_report import report_sweep
+            from wideseek_exp.analysis.sweep_report import report_sweep
 
             report_sweep(client, run_id, self.sweep_dir)
         except Exception as error:

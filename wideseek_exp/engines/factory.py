@@ -28,7 +28,7 @@ def make_engine(cfg: DictConfig, model_cfg: DictConfig | None = None) -> Engine:
     if cfg.agent.policy == "scripted":  # the scripted expert needs only the model's tokenizer
         from transformers import AutoTokenizer
 
-        from wideseek_exp.agents.expert import ExpertEngine
+        from wideseek_exp.engines.expert import ExpertEngine
 
         if model_cfg.source == "tiny_sft":  # the warm start shares its base's tokenizer, and may not be built
             model_cfg = OmegaConf.merge(model_cfg, {"source": "tiny", "path": model_cfg.warm_start_from})

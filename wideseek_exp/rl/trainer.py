@@ -54,7 +54,7 @@ from trl.trainer.utils import RepeatSampler, use_adapter
 from wideseek_exp import WideseekError
 from wideseek_exp.agents import RolloutStats, derive_seed, run_rollouts
 from wideseek_exp.agents.trajectory import Trajectory
-from wideseek_exp.rl.advantages import WEIGHTINGS, group_advantages, token_weights
+from wideseek_exp.rl.advantages import group_advantages, token_weights
 from wideseek_exp.rl.reward import Reward
 from wideseek_exp.rl.rows import collate, padded_row_count, padding_row, trajectory_rows, trim_padding_columns
 
@@ -143,8 +143,6 @@ class MultiAgentGRPOTrainer(GRPOTrainer):
         if trl.__version__ != TRL_VERSION:
             raise WideseekError(f"the multi-agent trainer overrides private methods of trl=={TRL_VERSION}; "
                                 f"trl {trl.__version__} is installed (pip install trl=={TRL_VERSION})")
-        if weighting not in WEIGHTINGS:
-            raise WideseekError(f"trainer.weighting must be one of {', '.join(WEIGHTINGS)} (got {weighting!r})")
         if args.gradient_accumulation_steps != args.steps_per_generation or args.num_iterations != 1:
             raise WideseekError("the multi-agent trainer takes one optimizer step per batch of rollouts: "
                                 "gradient_accumulation_steps == steps_per_generation and num_iterations = 1")

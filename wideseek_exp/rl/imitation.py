@@ -1,7 +1,7 @@
 """Imitation warm start (task=sft, and task=build for model=tiny): the scripted expert's trajectories on
 the TRAIN split become supervised rows, and TRL's SFTTrainer fits the tiny model to them.
 
-1. the expert (agents/expert.py) rolls out `sft.tasks` train tasks at width `sft.width` through the real
+1. the expert (engines/expert.py) rolls out `sft.tasks` train tasks at width `sft.width` through the real
    rollout and search backend. Each agent's whole context is one row (sft.rows=agent): the prompt, tool
    results and every reply, so each reply is trained after exactly what inference shows it (the task it
    copies a description from, the list a wave takes its next entities from, every report the final
@@ -260,8 +260,8 @@ def copy_stage(model, tokenizer, sft, log_metrics=None, sources: list[list[int]]
 def expert_rows(cfg: DictConfig, tokenizer, tasks: list, max_length: int) -> tuple[list[dict], dict]:
     """Training rows from the expert's trajectories (sft.rows: one per agent or one per reply):
     input_ids and assistant_masks (1 on reply tokens), and the agent's role."""
-    from wideseek_exp.agents.expert import ExpertEngine
     from wideseek_exp.agents.rollout import run_rollouts
+    from wideseek_exp.engines.expert import ExpertEngine
     from wideseek_exp.search.factory import make_search_backend
 
     agent_cfg = OmegaConf.merge(cfg.agent, {"temperature": 1.0})
