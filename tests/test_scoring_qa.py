@@ -85,7 +85,7 @@ def test_task_score_reports_a_hybrid_set_of_table_and_qa_tasks(tmp_path):
     from hydra import compose, initialize_config_dir
     from test_task_loaders import r1_qa_record, r1_table_record, write_jsonl
 
-    from wideseek_exp.evaluate import run_score
+    from wideseek_exp.jobs.score import run as run_score
     from wideseek_exp.tracking import JobRun
 
     data = tmp_path / "data"

@@ -14,7 +14,7 @@ from omegaconf import open_dict
 
 import wideseek_exp.conf  # noqa: F401
 from wideseek_exp.analysis import sweep_report
-from wideseek_exp.evaluate import rollout_metrics
+from wideseek_exp.evaluation import rollout_metrics
 from wideseek_exp.tracking import SweepCallback, job_run, key_params, swept_values
 
 REPO = Path(__file__).resolve().parent.parent

@@ -192,6 +192,30 @@ class JobRun:
             mlflow.log_artifact(str(path), artifact_path)
 
 
+class RunAtStep:
+    """A JobRun seen from one training step: every metric logged at `step`, every artifact under
+    `artifact_path`, so that the evaluator logs a training-time evaluation as it logs task=eval."""
+
+    def __init__(self, tracker: JobRun, step: int, artifact_path: str):
+        self.tracker, self.step, self.artifact_path = tracker, step, artifact_path
+
+    def __getattr__(self, name):
+        return getattr(self.tracker, name)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.tracker.log_metrics(metrics, step=self.step)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.tracker.log_artifact(path, artifact_path or self.artifact_path)
+
+
+def output_dir() -> Path | None:
+    """The running Hydra job's folder (None outside Hydra: a test or a notebook calling a job)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+
+
 @contextmanager
 def job_run(cfg: DictConfig, output_dir: Path | None = None) -> Iterator[JobRun]:
     """Start the job's MLflow run (checking the store first), log config and tags, end it on exit.

@@ -41,8 +41,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import wideseek_exp.conf  # noqa: F401  (registers base_config)
+    from wideseek_exp.agents import run_rollouts
     from wideseek_exp.engines.expert import ExpertEngine
-    from wideseek_exp.agents.rollout import run_rollouts
     from wideseek_exp.search.factory import make_search_backend
     from wideseek_exp.tasks.loaders import load_task_set
 

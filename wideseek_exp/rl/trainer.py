@@ -36,6 +36,7 @@ sampling. With engine=hf that is this policy, so r is 1 up to numerics; an engin
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -47,6 +48,7 @@ from typing import Any
 import torch
 import trl
 from accelerate.utils import gather_object
+from tqdm import tqdm
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import RepeatSampler, use_adapter
@@ -270,11 +272,17 @@ class MultiAgentGRPOTrainer(GRPOTrainer):
             raise WideseekError("a task appears twice in one step: the training set needs unique instance_ids")
         unique_tasks = [tasks[index] for index in dict.fromkeys(task_index for _, task_index in slots)]
         seed = derive_seed(self.rollout.seed, "train", self.state.global_step)
-        trajectories = run_rollouts(
-            unique_tasks, group, self.policy_engine(), self.rollout.search, self.processing_class,
-            self.rollout.agent_cfg, self.rollout.search_cfg, seed, stats=stats, summarizer=self.rollout.summarizer,
-            skip=lambda instance_id, sample: (instance_id, sample) not in wanted,
-        )
+        progress = tqdm(total=len(slots), desc=f"step {self.state.global_step + 1} rollouts", unit="trajectory",
+                        file=sys.stderr, disable=not self.accelerator.is_main_process)
+        try:
+            trajectories = run_rollouts(
+                unique_tasks, group, self.policy_engine(), self.rollout.search, self.processing_class,
+                self.rollout.agent_cfg, self.rollout.search_cfg, seed, stats=stats, summarizer=self.rollout.summarizer,
+                skip=lambda instance_id, sample: (instance_id, sample) not in wanted,
+                on_trajectory=lambda _: progress.update(),
+            )
+        finally:
+            progress.close()
         sleep = getattr(self._engine, "sleep", None)  # vLLM's sleep mode hands its GPU memory to training
         if sleep is not None:
             sleep()
