@@ -300,3 +300,34 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return torch.equal(a, b)
+
+
+def test_eval_stops_in_one_line_naming_the_build_when_the_warm_start_is_missing(cli, tmp_path):
+    world_config()  # the world and the warm start's base exist; the warm start itself is not at model.path
+    missing = tmp_path / "tiny_sft"
+    result = cli("task=eval", "model=tiny", f"model.path={missing}", "eval.limit=2", "eval.samples=1",
+                 "tracking.enabled=false")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "warm start is not built" in lines[0] and "`python run.py task=build`" in lines[0]
+    assert not missing.exists()  # nothing was trained or written
+
+
+def test_a_warm_start_built_from_other_settings_is_refused_not_rebuilt(tmp_path):
+    import json
+    from pathlib import Path
+
+    from wideseek_exp import WideseekError
+    from wideseek_exp.rl.imitation import require_warm_start, sft_fingerprint
+
+    folder = tmp_path / "tiny_sft"
+    folder.mkdir()
+    cfg = OmegaConf.merge(world_config(), {"model": {"name": "tiny", "source": "tiny_sft", "path": str(folder),
+                                                     "warm_start_from": world_config().model.path}})
+    (folder / "build.json").write_text(json.dumps({"name": "tiny-sft", "fingerprint": "from other settings"}))
+    with pytest.raises(WideseekError, match=r"other sft\.\* settings.*python run\.py task=build"):
+        require_warm_start(cfg)
+    current = sft_fingerprint(cfg, Path(cfg.model.warm_start_from))
+    (folder / "build.json").write_text(json.dumps({"name": "tiny-sft", "fingerprint": current}))
+    require_warm_start(cfg)  # current: nothing to say
+    require_warm_start(OmegaConf.merge(cfg, {"agent": {"policy": "scripted"}}))  # the tokenizer is all it needs
