@@ -40,6 +40,7 @@ test-fast: setup
 # The width-scaling recipe at CPU size (conf/exp/width_sweep_cpu.yaml): widths 1, 2, 4, 8 of the default
 # model, each untrained and after a short GRPO run, 12 mini-web tasks x 2 samples; a few minutes. One MLflow
 # child run per point; the parent run gets summary.csv and width_scaling.png (also in the sweep folder).
+# It reads the default model's warm start: `make run` or `python run.py task=build` first.
 sweep: setup
 	$(PY) run.py +exp=width_sweep_cpu -m $(ARGS)
 
