@@ -51,7 +51,7 @@ def connect(uri: str | None):
 
 def finished_runs(client, experiment: str, task: str | None = "eval") -> list:
     """Finished runs of `experiment` (of `task`), newest first; [] when the experiment does not exist."""
-    from wideseek_exp.sweep_report import search_all
+    from wideseek_exp.analysis.sweep_report import search_all
 
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -132,12 +132,12 @@ def others(runs: Iterable, known: Iterable[tuple], keys: Sequence[str]) -> list:
 
 
 def scaling(runs: Sequence, x: str, keys: Sequence[str] = ()):
-    """Our runs (newest first, as finished_runs gives them) as a sweep summary (wideseek_exp.sweep_report),
+    """Our runs (newest first, as finished_runs gives them) as a sweep summary (wideseek_exp.analysis.sweep_report),
     the newest run per (policy, x): a frame with a `policy` column (model, '-> subagent model', '(trained)')
     and `x` as numbers, ordered by policy and x."""
     import pandas as pd
 
-    from wideseek_exp.sweep_report import runs_frame, series_label, summary_frame
+    from wideseek_exp.analysis.sweep_report import runs_frame, series_label, summary_frame
 
     table = summary_frame(runs_frame(runs), keys)
     if table.empty:

@@ -49,3 +49,18 @@ def run_script(path: Path, *args: str) -> str:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def _mlruns_entries() -> set[str]:
+    folder = REPO / "mlruns"
+    return {str(path.relative_to(folder)) for path in folder.rglob("*")} if folder.is_dir() else set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_to_the_repository_mlruns():
+    """Tests write MLflow stores and artifacts only under their temporary folders: an experiment created
+    without an artifact location would put its runs' artifacts under ./mlruns of the repository."""
+    before = _mlruns_entries()
+    yield
+    added = sorted(_mlruns_entries() - before)
+    assert not added, f"tests wrote into {REPO / 'mlruns'}: {added[:5]}"

@@ -37,7 +37,7 @@ def world_config():
     """The default composed config on the random tiny model (model=tiny_random: these tests need the
     pipeline, not a trained policy), with the mini-web world and that model built into data/generated
     when they are missing (a no-op taking well under a second when they are up to date)."""
-    from wideseek_exp.main import build_world
+    from wideseek_exp.world import build_world
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["tracking.enabled=false", "model=tiny_random"])
@@ -82,7 +82,7 @@ class PromptView:
 
 
 def view(text: str) -> PromptView:
-    from wideseek_exp.agents.expert import read_prompt
+    from wideseek_exp.engines.expert import read_prompt
 
     chat = read_prompt(text)
     subtask = None

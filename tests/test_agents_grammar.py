@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from scripted_engine import tiny_tokenizer, world_config
 
 from wideseek_exp import WideseekError
-from wideseek_exp.agents.expert import ExpertEngine, answer, tool_call
+from wideseek_exp.engines.expert import ExpertEngine, answer, tool_call
 from wideseek_exp.agents.grammar import reply_grammar
 from wideseek_exp.agents.parser import CallLimits, parse_reply
 from wideseek_exp.agents.rollout import run_rollouts

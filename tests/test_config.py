@@ -86,6 +86,8 @@ def test_defaults_are_the_offline_stack():
         ("model.path=???", "config key 'model.path' is required"),
         ("subagents=0", "config key 'subagents' must be at least 1"),
         ("agent.top_p=1.5", "config key 'agent.top_p' must be in (0, 1]"),
+        ("trainer.weighting=bad", "trainer.weighting: Invalid value 'bad'"),
+        ("sft.rows=episode", "config key 'sft.rows' must be agent or turn"),
     ],
 )
 def test_bad_input_fails_with_one_clear_line(cli, override, expected):
@@ -95,3 +97,21 @@ def test_bad_input_fails_with_one_clear_line(cli, override, expected):
     assert len(lines) == 1, result.stderr
     assert expected in lines[0], lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_the_schema_names_every_weighting_the_loss_implements():
+    from wideseek_exp.conf import Weighting
+    from wideseek_exp.rl.advantages import WEIGHTINGS
+
+    assert tuple(Weighting) == WEIGHTINGS
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (("task=train", "engine=openai"), "task=train generates with the policy being trained: engine=hf or engine=vllm"),
+    (("exp.train=true", "trainer.num_generations=1"), "config key 'trainer.num_generations' must be at least 2"),
+])
+def test_training_settings_fail_at_start_up_in_one_line(cli, overrides, expected):
+    result = cli(*overrides, "tracking.enabled=false")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert expected in lines[0], lines[0]

@@ -15,7 +15,8 @@ from scripted_engine import ScriptedEngine, tiny_tokenizer, tool_call, world_con
 
 import wideseek_exp.engines.factory as engine_factory
 from wideseek_exp import WideseekError
-from wideseek_exp.evaluate import run_eval, run_score
+from wideseek_exp.jobs.eval import run as run_eval
+from wideseek_exp.jobs.score import run as run_score
 from wideseek_exp.tasks.loaders import load_task_set
 from wideseek_exp.tasks.record import to_markdown_table
 from wideseek_exp.tracking import JobRun, job_run
@@ -203,7 +204,7 @@ def test_subagents_can_run_on_another_model(tmp_path, monkeypatch):
 
 
 def test_eval_stride_takes_a_spread_of_the_split_before_the_limit():
-    from wideseek_exp.evaluate import load_eval_tasks
+    from wideseek_exp.evaluation import load_eval_tasks
 
     split = list(load_task_set(config().data, "test"))
     tasks = load_eval_tasks(config("eval.stride=15", "eval.limit=8"))

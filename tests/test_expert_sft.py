@@ -5,8 +5,8 @@ import pytest
 from omegaconf import OmegaConf
 from scripted_engine import tiny_tokenizer, world_config
 
-from wideseek_exp.agents.expert import ExpertEngine, read_task
-from wideseek_exp.agents.rollout import run_rollouts
+from wideseek_exp.agents import run_rollouts
+from wideseek_exp.engines.expert import ExpertEngine, read_task
 from wideseek_exp.scoring import make_judge, score_response
 from wideseek_exp.search.factory import make_search_backend
 from wideseek_exp.tasks.loaders import load_task_set
@@ -67,7 +67,7 @@ def test_more_width_covers_more_entities_under_the_lead_turn_budget():
 
 def test_turn_rows_train_every_reply_after_its_recent_context():
     from wideseek_exp.agents.trajectory import AgentRun, Turn
-    from wideseek_exp.sft import agent_rows
+    from wideseek_exp.rl.imitation import agent_rows
 
     prompt = list(range(100, 160))  # 60 prompt tokens
     turns = [Turn([1] * 5, [0.0] * 5, "stop", followup_ids=[2] * 30), Turn([3] * 8, [0.0] * 8, "stop",
@@ -88,7 +88,7 @@ def test_rows_keep_the_lead_the_first_call_and_a_seeded_draw_of_the_later_subage
     import random
 
     from wideseek_exp.agents.trajectory import AgentRun
-    from wideseek_exp.sft import kept_agents
+    from wideseek_exp.rl.imitation import kept_agents
 
     ids = ["lead", "lead.1.1"] + [f"lead.{call}.{n}" for call in (2, 3) for n in (1, 2, 3, 4)]
     agents = [AgentRun("lead" if i == "lead" else "subagent", i, None, None, [1], []) for i in ids]
@@ -101,7 +101,7 @@ def test_rows_keep_the_lead_the_first_call_and_a_seeded_draw_of_the_later_subage
 
 def test_a_share_of_the_rows_start_with_the_agents_whole_prompt():
     from wideseek_exp import WideseekError
-    from wideseek_exp.sft import expert_rows
+    from wideseek_exp.rl.imitation import expert_rows
 
     cfg = world_config()
     tasks = [t for t in load_task_set(cfg.data, "train") if t.is_table][:2]
@@ -147,7 +147,7 @@ def test_the_reply_probe_counts_as_copied_what_the_task_or_a_tool_result_holds()
 def test_copy_rows_repeat_each_span_and_train_on_the_second_copy_only():
     import numpy as np
 
-    from wideseek_exp.sft import copy_rows
+    from wideseek_exp.rl.imitation import copy_rows
 
     vocabulary = np.arange(10, 60)
     ids, labels = copy_rows(np.random.default_rng(0), 3, 64, vocabulary, (5, 5))  # spans of 5: blocks of 10
@@ -168,7 +168,7 @@ def test_copy_rows_repeat_each_span_and_train_on_the_second_copy_only():
 def test_text_copy_rows_repeat_spans_of_a_real_passage_after_it():
     import numpy as np
 
-    from wideseek_exp.sft import text_copy_rows
+    from wideseek_exp.rl.imitation import text_copy_rows
 
     sources = [list(range(1000, 1300)), [7, 8, 9]]  # the short one is never a passage
     ids, labels = text_copy_rows(np.random.default_rng(0), 3, 96, sources, (6, 10))
@@ -186,7 +186,7 @@ def test_text_copy_rows_repeat_spans_of_a_real_passage_after_it():
 
 def test_bad_sft_settings_fail_in_one_line_before_any_work(tmp_path):
     from wideseek_exp import WideseekError
-    from wideseek_exp.sft import copy_stage, train_sft
+    from wideseek_exp.rl.imitation import copy_stage, train_sft
 
     cfg = world_config()
     bad = [({"copy_span_min": 1}, "sft.copy_span_min"), ({"copy_target_accuracy": 1.5}, "sft.copy_target_accuracy"),
@@ -205,7 +205,7 @@ def test_bad_sft_settings_fail_in_one_line_before_any_work(tmp_path):
 def test_a_width_sweep_evaluates_one_warm_start():
     from pathlib import Path
 
-    from wideseek_exp.sft import sft_fingerprint
+    from wideseek_exp.rl.imitation import sft_fingerprint
 
     cfg = world_config()
     base = Path(cfg.model.path)
@@ -218,7 +218,7 @@ def test_a_width_sweep_evaluates_one_warm_start():
 def test_a_short_sft_run_lowers_the_loss_and_saves_a_loadable_model(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from wideseek_exp.sft import train_sft
+    from wideseek_exp.rl.imitation import train_sft
 
     cfg = OmegaConf.merge(world_config(), {"sft": {"tasks": 2, "rows": "turn", "max_steps": 8, "max_length": 1024, "batch_size": 2,
                                                    "learning_rate": 2e-3, "copy_steps": 3, "copy_batch_size": 2,
@@ -250,9 +250,9 @@ def test_a_short_grpo_run_from_a_warm_start_earns_rewards_and_moves_the_policy(t
     from safetensors.torch import load_file
     from scripted_engine import REPO
 
-    import wideseek_exp.sft as sft_module
+    import wideseek_exp.rl.imitation as sft_module
+    from wideseek_exp.rl.training import train_policy
     from wideseek_exp.tracking import job_run
-    from wideseek_exp.train import run_train
 
     real_rows = sft_module.expert_rows
 
@@ -285,7 +285,7 @@ def test_a_short_grpo_run_from_a_warm_start_earns_rewards_and_moves_the_policy(t
     out.mkdir()
     with job_run(train_cfg, out) as tracker:
         run_id = tracker.run_id
-        summary = run_train(train_cfg, tracker, out)
+        summary = train_policy(train_cfg, tracker, out)
     assert summary["steps"] == 1
     client = mlflow.MlflowClient(train_cfg.tracking.uri)
     rewards = client.get_metric_history(run_id, "reward/mean")
@@ -300,3 +300,34 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return torch.equal(a, b)
+
+
+def test_eval_stops_in_one_line_naming_the_build_when_the_warm_start_is_missing(cli, tmp_path):
+    world_config()  # the world and the warm start's base exist; the warm start itself is not at model.path
+    missing = tmp_path / "tiny_sft"
+    result = cli("task=eval", "model=tiny", f"model.path={missing}", "eval.limit=2", "eval.samples=1",
+                 "tracking.enabled=false")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "warm start is not built" in lines[0] and "`python run.py task=build`" in lines[0]
+    assert not missing.exists()  # nothing was trained or written
+
+
+def test_a_warm_start_built_from_other_settings_is_refused_not_rebuilt(tmp_path):
+    import json
+    from pathlib import Path
+
+    from wideseek_exp import WideseekError
+    from wideseek_exp.rl.imitation import require_warm_start, sft_fingerprint
+
+    folder = tmp_path / "tiny_sft"
+    folder.mkdir()
+    cfg = OmegaConf.merge(world_config(), {"model": {"name": "tiny", "source": "tiny_sft", "path": str(folder),
+                                                     "warm_start_from": world_config().model.path}})
+    (folder / "build.json").write_text(json.dumps({"name": "tiny-sft", "fingerprint": "from other settings"}))
+    with pytest.raises(WideseekError, match=r"other sft\.\* settings.*python run\.py task=build"):
+        require_warm_start(cfg)
+    current = sft_fingerprint(cfg, Path(cfg.model.warm_start_from))
+    (folder / "build.json").write_text(json.dumps({"name": "tiny-sft", "fingerprint": current}))
+    require_warm_start(cfg)  # current: nothing to say
+    require_warm_start(OmegaConf.merge(cfg, {"agent": {"policy": "scripted"}}))  # the tokenizer is all it needs

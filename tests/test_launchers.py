@@ -1,5 +1,5 @@
-"""Cluster and multi-GPU entry points compose: the SLURM launcher config, the accelerate configs, and the
-`make train-multi` command line."""
+"""Entry points: the SLURM launcher config and the accelerate configs compose; `make train-multi`, `make run`
+and `make test` run the commands they promise."""
 
 from __future__ import annotations
 
@@ -37,3 +37,20 @@ def test_make_train_multi_runs_accelerate_with_the_chosen_config():
     command = " ".join(result.stdout.replace("\\\n", " ").split())
     assert "accelerate launch --config_file conf/accelerate/zero2.yaml --num_processes 4 run.py task=train " \
            "trainer=debug seed=3" in command
+
+
+def make_commands(target: str) -> list[str]:
+    result = subprocess.run(["make", "-n", target], cwd=REPO, capture_output=True, text=True, check=True)
+    return [line.strip() for line in result.stdout.splitlines() if "run.py" in line or "pytest" in line or "lint-imports" in line]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_run_builds_then_evaluates_as_two_visible_steps():
+    build, evaluate = make_commands("run")
+    assert build.endswith("run.py task=build") and evaluate.endswith("run.py task=eval")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_test_checks_the_import_contracts_before_the_tests():
+    lint, tests = make_commands("test")
+    assert lint.endswith("lint-imports") and "-m pytest" in tests

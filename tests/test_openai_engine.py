@@ -205,7 +205,7 @@ def test_the_page_summariser_can_ask_its_own_engine(server):
     from scripted_engine import REPO, TABLE_ANSWER, FakeSearch, ScriptedEngine, make_task, tool_call, world_config
 
     from wideseek_exp.agents import run_rollouts
-    from wideseek_exp.evaluate import make_helper_summarizer
+    from wideseek_exp.agents.summarize import make_helper_summarizer
 
     world_config()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -241,7 +241,7 @@ def test_the_page_summariser_can_ask_its_own_engine(server):
 def test_no_helper_summariser_unless_configured():
     from scripted_engine import world_config
 
-    from wideseek_exp.evaluate import make_helper_summarizer
+    from wideseek_exp.agents.summarize import make_helper_summarizer
 
     cfg = world_config()
     assert make_helper_summarizer(cfg) is None  # extractive by default; llm alone uses the subagents' engine

@@ -1,12 +1,12 @@
-"""rl/advantages.py against numbers worked out by hand: group normalisation, the dual-level weights of
-every weighting mode, and the reference's turn selection."""
+"""rl/advantages.py against numbers worked out by hand: group normalisation and the dual-level weights of
+every weighting mode."""
 
 import math
 
 import pytest
 import torch
 
-from wideseek_exp.rl.advantages import AgentOutcome, group_advantages, select_turns, token_weights
+from wideseek_exp.rl.advantages import group_advantages, token_weights
 
 
 def close(actual: torch.Tensor, expected: list[float], tolerance: float = 1e-6) -> None:
@@ -91,35 +91,3 @@ def test_a_step_with_nothing_to_train_has_zero_weights():
 def test_unknown_weighting_is_refused():
     with pytest.raises(ValueError, match="unknown weighting"):
         token_weights("tokens", ROW_TRAJECTORY, ROW_TOKENS, trajectories=3)
-
-
-# -------------------------------------------------------------------------------------- turn selection
-
-OK = None
-
-
-def test_a_successful_trajectory_trains_every_agent_but_the_failed_subagents():
-    agents = [AgentOutcome(3, OK), AgentOutcome(2, OK), AgentOutcome(3, "turn_limit"),
-              AgentOutcome(2, "degenerate_repetition")]
-    assert select_turns(agents, succeeded=True) == [[True] * 3, [True] * 2, [False] * 3, [False] * 2]
-
-
-def test_a_failed_trajectory_trains_the_final_answer_and_the_agents_that_ran_out():
-    agents = [AgentOutcome(3, OK), AgentOutcome(2, "context_overflow"), AgentOutcome(4, OK)]
-    assert select_turns(agents, succeeded=False) == [[False, False, True], [True, True], [False] * 4]
-
-
-def test_a_repetition_failure_takes_precedence_and_only_its_last_turn_is_trained():
-    agents = [AgentOutcome(3, OK), AgentOutcome(3, "degenerate_repetition"), AgentOutcome(2, "turn_limit")]
-    assert select_turns(agents, succeeded=False) == [[False, False, True], [False, False, True], [False, False]]
-
-
-def test_a_lead_that_failed_trains_its_own_turns():
-    agents = [AgentOutcome(10, "turn_limit"), AgentOutcome(2, OK)]
-    assert select_turns(agents, succeeded=False) == [[True] * 10, [False] * 2]
-    # a lead whose prompt never fit has no turns at all
-    assert select_turns([AgentOutcome(0, "context_overflow")], succeeded=False) == [[]]
-
-
-def test_a_single_agent_answer_without_a_table_trains_that_answer():
-    assert select_turns([AgentOutcome(4, OK)], succeeded=False) == [[False, False, False, True]]

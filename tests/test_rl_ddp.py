@@ -73,8 +73,8 @@ def worker(folder: Path) -> None:
     from wideseek_exp.engines.base import Engine
     from wideseek_exp.rl.reward import Reward
     from wideseek_exp.rl.trainer import MultiAgentGRPOTrainer, RolloutSetup
+    from wideseek_exp.rl.training import grpo_config
     from wideseek_exp.search.base import SearchBackend
-    from wideseek_exp.train import grpo_config
 
     tokenizer = tiny_tokenizer()
     torch.manual_seed(0)

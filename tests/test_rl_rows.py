@@ -1,6 +1,7 @@
 """rl/rows.py on scripted rollouts: one row per agent with all its turns packed, tool and subagent-result
 tokens never trained, sampling logprobs aligned, turn selection applied; TRL's padded layout, padding
-rows, and the common row count of the ranks."""
+rows, and the common row count of the ranks. The reference's turn selection, against cases worked out by
+hand."""
 
 import pytest
 import torch
@@ -9,9 +10,11 @@ from scripted_engine import TABLE_ANSWER, FakeSearch, ScriptedEngine, agent_conf
 from wideseek_exp.agents import run_rollouts
 from wideseek_exp.rl.rows import (
     PADDING,
+    AgentOutcome,
     collate,
     padded_row_count,
     padding_row,
+    select_turns,
     trajectory_rows,
     trim_padding_columns,
 )
@@ -135,3 +138,35 @@ def test_padded_rows_split_evenly_so_no_row_is_dropped(tokenizer):
     batch = collate(rows, tokenizer.pad_token_id)
     assert len(batch["prompt_ids"]) % steps == 0
     assert torch.equal(batch["loss_weights"], torch.zeros(len(rows), dtype=torch.float64))
+
+
+# -------------------------------------------------------------------------------------- turn selection
+
+OK = None
+
+
+def test_a_successful_trajectory_trains_every_agent_but_the_failed_subagents():
+    agents = [AgentOutcome(3, OK), AgentOutcome(2, OK), AgentOutcome(3, "turn_limit"),
+              AgentOutcome(2, "degenerate_repetition")]
+    assert select_turns(agents, succeeded=True) == [[True] * 3, [True] * 2, [False] * 3, [False] * 2]
+
+
+def test_a_failed_trajectory_trains_the_final_answer_and_the_agents_that_ran_out():
+    agents = [AgentOutcome(3, OK), AgentOutcome(2, "context_overflow"), AgentOutcome(4, OK)]
+    assert select_turns(agents, succeeded=False) == [[False, False, True], [True, True], [False] * 4]
+
+
+def test_a_repetition_failure_takes_precedence_and_only_its_last_turn_is_trained():
+    agents = [AgentOutcome(3, OK), AgentOutcome(3, "degenerate_repetition"), AgentOutcome(2, "turn_limit")]
+    assert select_turns(agents, succeeded=False) == [[False, False, True], [False, False, True], [False, False]]
+
+
+def test_a_lead_that_failed_trains_its_own_turns():
+    agents = [AgentOutcome(10, "turn_limit"), AgentOutcome(2, OK)]
+    assert select_turns(agents, succeeded=False) == [[True] * 10, [False] * 2]
+    # a lead whose prompt never fit has no turns at all
+    assert select_turns([AgentOutcome(0, "context_overflow")], succeeded=False) == [[]]
+
+
+def test_a_single_agent_answer_without_a_table_trains_that_answer():
+    assert select_turns([AgentOutcome(4, OK)], succeeded=False) == [[False, False, False, True]]

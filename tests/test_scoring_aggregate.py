@@ -7,7 +7,7 @@ import pytest
 
 from wideseek_exp import WideseekError
 from wideseek_exp.scoring.aggregate import aggregate, render_table, summarize_task
-from wideseek_exp.scoring.widesearch import TrialScore
+from wideseek_exp.scoring.trial import TrialScore
 
 
 def trial(item_f1: float, row_f1: float = 0.0, success: float = 0.0, judge_error: bool = False) -> TrialScore:

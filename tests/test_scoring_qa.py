@@ -12,7 +12,8 @@ from test_rl_reward import WIDESEEK, trajectory
 from wideseek_exp.rl.reward import trajectory_reward
 from wideseek_exp.scoring import ExactJudge, JudgeError, score_response
 from wideseek_exp.scoring.aggregate import summarize_task
-from wideseek_exp.scoring.qa import extract_boxed, normalize_answer, reference_answers
+from wideseek_exp.scoring.judges import normalize_answer
+from wideseek_exp.scoring.qa import extract_boxed, reference_answers
 from wideseek_exp.tasks.record import TaskRecord
 
 
@@ -84,7 +85,7 @@ def test_task_score_reports_a_hybrid_set_of_table_and_qa_tasks(tmp_path):
     from hydra import compose, initialize_config_dir
     from test_task_loaders import r1_qa_record, r1_table_record, write_jsonl
 
-    from wideseek_exp.evaluate import run_score
+    from wideseek_exp.jobs.score import run as run_score
     from wideseek_exp.tracking import JobRun
 
     data = tmp_path / "data"

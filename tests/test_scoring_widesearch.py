@@ -12,7 +12,8 @@ import pytest
 from wideseek_exp import WideseekError
 from wideseek_exp.scoring.judges import ExactJudge, JudgeError
 from wideseek_exp.scoring.preprocess import column_kind, extract_number, harmonise, norm_date, norm_str
-from wideseek_exp.scoring.widesearch import TrialScore, score_response, score_task_trials
+from wideseek_exp.scoring.trial import TrialScore
+from wideseek_exp.scoring.widesearch import score_response, score_task_trials
 from wideseek_exp.tasks.record import TaskRecord, normalize_column
 
 EXACT = ExactJudge()

@@ -13,8 +13,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 import wideseek_exp.conf  # noqa: F401
-from wideseek_exp import sweep_report
-from wideseek_exp.evaluate import rollout_metrics
+from wideseek_exp.analysis import sweep_report
+from wideseek_exp.evaluation import rollout_metrics
 from wideseek_exp.tracking import SweepCallback, job_run, key_params, swept_values
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,7 +84,9 @@ def test_every_job_logs_key_params_and_its_wall_time(tmp_path, store):
 def fake_sweep(uri: str, points: list[dict], keys: str = "subagents,exp.train") -> str:
     """A parent run and one child per point, as a sweep of task=eval leaves them."""
     client = mlflow.MlflowClient(uri)
-    experiment = client.create_experiment(f"fake-{uuid.uuid4().hex[:8]}")
+    # artifacts beside the store, as tracking.artifact_root puts a job's: by default MLflow would use ./mlruns
+    artifacts = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+    experiment = client.create_experiment(f"fake-{uuid.uuid4().hex[:8]}", artifact_location=artifacts.as_uri())
     parent = client.create_run(experiment, tags={"sweep": "true"}).info.run_id
     client.log_param(parent, "sweep.keys", keys)
     for point in points:

@@ -1,5 +1,6 @@
 """Task-set loaders: every record layout and container, split files, limit, and malformed records
-under both on_error modes. All fixtures are written into tmp_path."""
+under both on_error modes. Every file is written into tmp_path; the official example records are copied
+there from tests/fixtures/."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from wideseek_exp.conf import DataConfig, OnError
 from wideseek_exp.tasks.loaders import GENERIC_CRITERION, load_task_set
 from wideseek_exp.tasks.record import TaskRecord, to_markdown_table
 
-# The shared reference folder sits beside the clone (as in CI); tests that need it skip without it.
-SHARED_EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "widesearch_examples.jsonl"
+# The two example records of the WideSearch dataset card (tests/fixtures/README.md says where from).
+OFFICIAL_EXAMPLES = Path(__file__).resolve().parent / "fixtures" / "widesearch" / "widesearch_examples.jsonl"
 BOM = "\ufeff"
 
 
@@ -58,9 +59,7 @@ def official_gold(folder: Path, instance_id: str) -> None:
 @pytest.fixture
 def official_examples(tmp_path):
     """The two published example records with small gold tables (the English one with a BOM)."""
-    if not SHARED_EXAMPLES.exists():
-        pytest.skip(f"the shared reference examples are not beside the clone ({SHARED_EXAMPLES})")
-    shutil.copy(SHARED_EXAMPLES, tmp_path / "widesearch.jsonl")
+    shutil.copy(OFFICIAL_EXAMPLES, tmp_path / "widesearch.jsonl")
     gold = tmp_path / "widesearch_gold"
     write_csv(
         gold / "ws_en_001.csv",
@@ -413,3 +412,34 @@ def test_extra_train_files_join_the_train_split_only(tmp_path):
         load_task_set(data_cfg("wideseek_train", ours, extra_train=[str(ours / "train.jsonl")]), "train")
     with pytest.raises(WideseekError, match="data.extra_train: .*missing.jsonl does not exist"):
         load_task_set(data_cfg("wideseek_train", ours, extra_train=[str(tmp_path / "missing.jsonl")]), "train")
+
+
+def test_a_task_file_that_does_not_exist_names_the_key_not_the_build(tmp_path):
+    for name in ("miniweb", "widesearch", "wideseek_train"):
+        with pytest.raises(WideseekError) as error:
+            load_task_set(data_cfg(name, tmp_path / "nonexistent.jsonl"))
+        message = str(error.value)
+        assert "data.path" in message and "nonexistent.jsonl does not exist" in message
+        assert "task=build" not in message
+
+
+def test_every_malformed_record_is_reported_with_its_line(tmp_path):
+    good = [r1_table_record(f"ok-{i}") for i in range(3)]
+    broken = ["not json", {"question": "no answer"}, "{", "[1, 2"]
+    path = write_jsonl(tmp_path / "test.jsonl", [good[0], broken[0], good[1], broken[1], broken[2], good[2], broken[3]])
+    with pytest.raises(WideseekError) as error:
+        load_task_set(data_cfg("wideseek_train", path, on_error=OnError.fail))
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("4 malformed task records")
+    for line in (2, 4, 5, 7):
+        assert f"{path} line {line}" in message
+
+
+def test_past_a_few_malformed_records_the_report_counts_the_rest(tmp_path):
+    path = write_jsonl(tmp_path / "test.jsonl", [r1_table_record("ok")] + ["not json"] * 8)
+    with pytest.raises(WideseekError) as error:
+        load_task_set(data_cfg("wideseek_train", path))
+    message = str(error.value)
+    assert message.startswith("8 malformed task records")
+    assert message.count("not valid JSON") == 5  # the first five with their reasons
+    assert message.endswith(f"; and 3 more, in {path} line 7, {path} line 8, {path} line 9")

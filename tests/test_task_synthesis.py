@@ -242,7 +242,7 @@ def compose(*overrides: str):
 def test_run_data_writes_card_and_dataset_and_logs_tokens_to_mlflow(tmp_path):
     import mlflow
 
-    from wideseek_exp.synthesize import run_data
+    from wideseek_exp.jobs.data import run as run_data
     from wideseek_exp.tracking import job_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -324,7 +324,7 @@ def test_agent_baseline_rolls_out_the_configured_agent_with_search(tmp_path):
     from hydra import compose, initialize_config_dir
     from scripted_engine import TABLE_ANSWER, ScriptedEngine, make_task, tiny_tokenizer, world_config
 
-    from wideseek_exp.synthesize import AgentBaseline, EngineTextGenerator
+    from wideseek_exp.jobs.data import AgentBaseline, EngineTextGenerator
 
     def script(view):
         assert view.role == "single"  # agent=singleseek, as configured

@@ -76,13 +76,13 @@ def train_config(tmp_path: Path, *overrides: str):
 
 
 def run(cfg, out: Path):
+    from wideseek_exp.rl.training import train_policy
     from wideseek_exp.tracking import job_run
-    from wideseek_exp.train import run_train
 
     with job_run(cfg, out) as tracker:
         run_id = tracker.run_id
         try:
-            return run_train(cfg, tracker, out), run_id
+            return train_policy(cfg, tracker, out), run_id
         except KeyboardInterrupt:
             return None, run_id
 
@@ -165,21 +165,16 @@ def test_train_interrupt_and_resume(tmp_path, monkeypatch):
 
 
 def test_resume_without_a_checkpoint_names_what_to_do(tmp_path):
+    from wideseek_exp.rl.training import train_policy
     from wideseek_exp.tracking import JobRun
-    from wideseek_exp.train import run_train
 
     cfg = train_config(tmp_path, "trainer.resume=true", "tracking.enabled=false")
     with pytest.raises(WideseekError, match="no checkpoint in .*hydra.run.dir"):
-        run_train(cfg, JobRun(None), tmp_path / "empty")
+        train_policy(cfg, JobRun(None), tmp_path / "empty")
 
 
 @pytest.mark.slow
 def test_cli_one_lora_step_with_the_real_reward(cli, tmp_path):
-    from wideseek_exp.conf import Task
-    from wideseek_exp.main import TASKS
-
-    if Task.train not in TASKS:
-        pytest.skip("wideseek_exp.main does not dispatch task=train yet")
     world_config()
     done = cli("task=train", "trainer=debug", "trainer.max_steps=1", "trainer.tasks_per_step=1",
                "trainer.num_generations=2", "model.max_reply_tokens=32", "model.lora.enabled=true", "eval.limit=1",

@@ -16,7 +16,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, OmegaConf
 
-from wideseek_exp import REPO_ROOT
+from wideseek_exp import REPO_ROOT, WideseekError
 
 
 # StrEnum: str() gives the bare value, so `${task}` interpolates as "build", not "Task.build".
@@ -41,6 +41,15 @@ class ModelSource(StrEnum):
 class OnError(StrEnum):
     skip = "skip"
     fail = "fail"
+
+
+class Weighting(StrEnum):
+    """trainer.weighting: the token weights of the loss (rl/advantages.py, which implements each)."""
+
+    paper = "paper"  # 1 / (T * N_i * L_{i,a}): the paper's dual-level normalisation
+    token_mean = "token_mean"  # one token mean over all rows (plain DAPO)
+    agent_only = "agent_only"  # no token-level normalisation
+    token_only = "token_only"  # no agent-level normalisation
 
 
 @dataclass
@@ -166,7 +175,7 @@ class SearchConfig:
 @dataclass
 class AgentConfig:
     name: str = MISSING  # wideseek | singleseek
-    policy: str = "model"  # model | scripted (agents/expert.py: the code baseline; the model gives only its tokenizer)
+    policy: str = "model"  # model | scripted (engines/expert.py: the code baseline; the model gives only its tokenizer)
     max_subagents_per_call: int = II("subagents")  # the width W, stated in the lead's tool description
     lead_max_turns: int = 10
     subagent_max_turns: int = 20
@@ -293,7 +302,7 @@ class TrainerConfig:
     epsilon_high: float = 0.28
     dual_clip: float = 10.0
     beta: float = 0.0  # KL coefficient (0: no KL, as the paper)
-    weighting: str = "paper"  # paper | token_mean | agent_only | token_only
+    weighting: Weighting = Weighting.paper
     turn_selection: bool = True  # the reference's choice of trained turns (false: every reply of every agent)
     rollouts_per_micro_batch: int = 1  # the rows of this many trajectories per forward/backward (0: a whole step's)
     micro_batch_rows: int = 4  # rows per forward pass within it (bounds the activation peak of the LM head)
@@ -311,7 +320,8 @@ class TrainerConfig:
 @dataclass
 class SftConfig:
     """The imitation warm start (task=sft; task=build makes it for model.source=tiny_sft). The defaults
-    were sized on a 2-core CPU (experiments/cpu_demo/README.md): about 15 minutes in all."""
+    were sized on a 2-core CPU; the build's time and what each setting bought are measured in
+    experiments/cpu_demo/README.md."""
 
     tasks: int = 64  # train tasks the expert plays (0: all 497)
     max_length: int = 6144  # tokens per row
@@ -333,9 +343,8 @@ class SftConfig:
     # warm start evaluates one model (it is the lead's W in its prompt, so the warm start sees W=4 only)
     width: int = 4
     expert_max_reply_tokens: int = 4096  # the expert's own reply budget (its final tables are long)
-    # one row per step (rows run from a few hundred to 6144 tokens: no padding); 460 steps are two passes
-    # over the 64 tasks' 230 rows (lead, list subagent, 2 entity subagents each), 614 s on an idle 2-core
-    # CPU. The same steps over 128 tasks, one pass, did no better (experiments/cpu_demo/README.md)
+    # one row per step (rows run from a few hundred to 6144 tokens: no padding); the default steps are two
+    # passes over the default tasks' rows (lead, list subagent, 2 entity subagents each)
     max_steps: int = 460
     batch_size: int = 1
     learning_rate: float = 1.0e-3  # a 5M-parameter model from random weights takes a large step
@@ -343,8 +352,7 @@ class SftConfig:
     seed: int = 0
     # The copy stage before the SFT: rows of random token spans, each written twice, loss on the second copy,
     # so that the model learns to copy from its context (names, URLs, facts) before it imitates. At most
-    # copy_steps steps (0: no copy stage); it ends once copy_target_accuracy is reached (seed 0: after 467
-    # steps; with the text copy below, 258 s on an idle 2-core CPU in bf16)
+    # copy_steps steps (0: no copy stage); it ends once copy_target_accuracy is reached
     copy_steps: int = 1500
     copy_target_accuracy: float = 0.95  # mean greedy accuracy on the second copies over the last 20 steps
     copy_batch_size: int = 16
@@ -360,9 +368,7 @@ class SftConfig:
     # share of the SFT rows that are copy rows (mixed in with the expert's, copy_length tokens each)
     copy_share: float = 0.0
     # mixed precision: the forward and backward passes in bf16 under autocast, the weights and the optimizer
-    # in fp32. experiments/cpu_demo/train_speed.py on a 2-core CPU with AVX512-BF16, rows of 1000-6000
-    # tokens: 1.34x the tokens per second of fp32, 1.92x with freed memory kept in the heap (as task=sft
-    # does); a CPU without bf16 units computes the same, more slowly
+    # in fp32 (faster on a CPU with bf16 units; one without them computes the same, more slowly)
     bf16: bool = True
 
 
@@ -402,6 +408,88 @@ class Config:
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     sft: SftConfig = field(default_factory=SftConfig)
     exp: ExpConfig = field(default_factory=ExpConfig)
+
+
+# ----------------------------------------------------------------------------------------------- checks
+# What the schema cannot express, each key checked here once. main.py runs validate() before any job;
+# a failure is one line that names the key.
+
+
+def validate(cfg) -> None:
+    """Raises WideseekError naming the first key whose value the job cannot use."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise WideseekError(f"config key '{missing[0]}' is required but has no value (set {missing[0]}=...)")
+    OmegaConf.to_container(cfg, resolve=True)  # a broken interpolation fails here, naming its key
+
+    for key in ("subagents", "eval.samples", "eval.stride", "eval.max_active_trajectories", "engine.max_batch_size",
+                "search.top_k", "trainer.num_generations", "agent.lead_max_turns", "agent.subagent_max_turns",
+                "agent.single_max_turns", "agent.max_queries_per_call", "agent.max_urls_per_call",
+                "agent.max_reply_tokens"):
+        _at_least(cfg, key, 1)
+    for key in ("agent.temperature", "trainer.learning_rate", "seed"):
+        _at_least(cfg, key, 0)
+    if not 0 < cfg.agent.top_p <= 1:
+        raise WideseekError(f"config key 'agent.top_p' must be in (0, 1] (got {cfg.agent.top_p})")
+    if cfg.model.source in ("tiny", "tiny_sft") and cfg.model.tiny is None:
+        raise WideseekError(f"config key 'model.tiny' is required when model.source={cfg.model.source}")
+    if cfg.model.source == "tiny_sft" and not cfg.model.warm_start_from:
+        raise WideseekError("config key 'model.warm_start_from' is required when model.source=tiny_sft")
+    if cfg.agent.policy not in ("model", "scripted"):
+        raise WideseekError(f"config key 'agent.policy' must be model or scripted (got {cfg.agent.policy!r})")
+    if cfg.agent.policy == "scripted" and cfg.agent.name != "wideseek":
+        raise WideseekError("agent.policy=scripted plays agent=wideseek only (got agent=" + str(cfg.agent.name) + ")")
+    check_sft(cfg.sft)
+    if cfg.task == Task.train or (cfg.task == Task.eval and cfg.exp.train):
+        check_training(cfg)
+
+
+def _at_least(cfg, key: str, minimum: float) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is not None and value < minimum:
+        raise WideseekError(f"config key '{key}' must be at least {minimum} (got {value})")
+
+
+def check_training(cfg) -> None:
+    """What a job that trains the policy (task=train, a sweep point with exp.train=true) needs."""
+    if cfg.engine.name not in ("hf", "vllm"):
+        raise WideseekError(f"task=train generates with the policy being trained: engine=hf or engine=vllm (got "
+                            f"engine={cfg.engine.name}; a remote server cannot take the new weights every step)")
+    if cfg.engine.name == "vllm" and cfg.model.lora.enabled:
+        raise WideseekError("engine=vllm takes the policy's full weights every step; with model.lora.enabled=true "
+                            "use engine=hf")
+    if cfg.get("subagent_model") is not None:
+        raise WideseekError("task=train trains one shared policy for all roles: remove subagent_model")
+    if cfg.trainer.num_generations < 2:
+        raise WideseekError(f"config key 'trainer.num_generations' must be at least 2 for group-normalised "
+                            f"advantages (got {cfg.trainer.num_generations})")
+    if cfg.trainer.tasks_per_step < 1 or cfg.trainer.max_steps < 1:
+        raise WideseekError("config keys 'trainer.tasks_per_step' and 'trainer.max_steps' must be at least 1")
+    if cfg.agent.temperature <= 0:
+        raise WideseekError("config key 'agent.temperature' must be above 0 for training (sampled rollouts)")
+    if cfg.trainer.micro_batch_rows < 1:
+        raise WideseekError("config key 'trainer.micro_batch_rows' must be at least 1")
+
+
+def check_sft(sft) -> None:
+    """The sft.* values (also checked by rl/imitation.py's entry points, which tests and scripts call directly)."""
+    if str(sft.rows) not in ("agent", "turn"):
+        raise WideseekError(f"config key 'sft.rows' must be agent or turn (got {sft.rows!r})")
+    for key, low, high, closed in (("prompt_share", 0.0, 1.0, True), ("copy_share", 0.0, 1.0, False)):
+        value = float(sft[key])
+        if not (low <= value <= high if closed else low <= value < high):
+            raise WideseekError(f"config key 'sft.{key}' must be in [{low:g}, {high:g}{']' if closed else ')'} "
+                                f"(got {value})")
+    if not 0.0 < float(sft.copy_target_accuracy) <= 1.0:
+        raise WideseekError(f"config key 'sft.copy_target_accuracy' must be in (0, 1] (got {sft.copy_target_accuracy})")
+    for key in ("copy_text_steps", "subagents_per_task"):
+        if int(sft[key]) < 0:
+            raise WideseekError(f"config key 'sft.{key}' must be >= 0 (got {sft[key]})")
+    if int(sft.copy_text_length) < 8:
+        raise WideseekError(f"config key 'sft.copy_text_length' must be >= 8 tokens (got {sft.copy_text_length})")
+    if int(sft.copy_span_min) < 2 or int(sft.copy_span_max) < int(sft.copy_span_min):
+        raise WideseekError(f"config keys 'sft.copy_span_min' and 'sft.copy_span_max' must satisfy 2 <= min <= max "
+                            f"(got {sft.copy_span_min} and {sft.copy_span_max})")
 
 
 def register() -> None:

@@ -13,7 +13,7 @@
   machines (joblib, submitit) find the parent the same way, through the shared sweep folder.
   The parent's params name what is swept (`sweep.keys`, and `sweep.<key>` = the values). When the
   sweep ends, even after a failed job, the parent gets `summary.csv` (one row per child) and a
-  scaling plot (wideseek_exp/sweep_report.py), also written into the sweep folder.
+  scaling plot (wideseek_exp/analysis/sweep_report.py), also written into the sweep folder.
 """
 
 from __future__ import annotations
@@ -190,6 +190,30 @@ class JobRun:
             import mlflow
 
             mlflow.log_artifact(str(path), artifact_path)
+
+
+class RunAtStep:
+    """A JobRun seen from one training step: every metric logged at `step`, every artifact under
+    `artifact_path`, so that the evaluator logs a training-time evaluation as it logs task=eval."""
+
+    def __init__(self, tracker: JobRun, step: int, artifact_path: str):
+        self.tracker, self.step, self.artifact_path = tracker, step, artifact_path
+
+    def __getattr__(self, name):
+        return getattr(self.tracker, name)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.tracker.log_metrics(metrics, step=self.step)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.tracker.log_artifact(path, artifact_path or self.artifact_path)
+
+
+def output_dir() -> Path | None:
+    """The running Hydra job's folder (None outside Hydra: a test or a notebook calling a job)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
 
 
 @contextmanager
@@ -369,7 +393,7 @@ class SweepCallback(Callback):
         run_id, self.run_id = self.run_id, None
         client = mlflow.MlflowClient(self.uri)
         try:  # a report that fails must not hide the sweep's own outcome
-            from wideseek_exp.sweep_report import report_sweep
+            from wideseek_exp.analysis.sweep_report import report_sweep
 
             report_sweep(client, run_id, self.sweep_dir)
         except Exception as error:

@@ -3,7 +3,7 @@
     python experiments/cpu_demo/replies.py MODEL_FOLDER [MODEL_FOLDER ...] [--tasks 4] [sft.tasks=64 ...]
 
 The expert plays the first --tasks train tasks that are not among the warm start's sft.tasks (same
-shuffle and seed as wideseek_exp/sft.py); every reply of every agent is scored in its full context, as
+shuffle and seed as wideseek_exp/rl/imitation.py); every reply of every agent is scored in its full context, as
 inference sees it (system prompt, tools, history). Prints per role the greedy next-token accuracy and the
 mean negative log-likelihood of the reply tokens. A finer measure than item F1 while that is 0: it shows
 whether the model has learned the replies' templates before it can copy names and facts.
@@ -41,8 +41,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import wideseek_exp.conf  # noqa: F401  (registers base_config)
-    from wideseek_exp.agents.expert import ExpertEngine
-    from wideseek_exp.agents.rollout import run_rollouts
+    from wideseek_exp.agents import run_rollouts
+    from wideseek_exp.engines.expert import ExpertEngine
     from wideseek_exp.search.factory import make_search_backend
     from wideseek_exp.tasks.loaders import load_task_set
 

@@ -30,7 +30,7 @@ def measure(mode: str, rows: int, low: int, high: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from wideseek_exp.sft import keep_freed_memory
+    from wideseek_exp.rl.imitation import keep_freed_memory
 
     if mode == "bf16+heap":
         keep_freed_memory()

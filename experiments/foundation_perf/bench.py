@@ -24,10 +24,10 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 import wideseek_exp.conf  # noqa: E402,F401
 from wideseek_exp.engines.base import SamplingParams  # noqa: E402
 from wideseek_exp.engines.factory import make_engine  # noqa: E402
-from wideseek_exp.main import build_world  # noqa: E402
 from wideseek_exp.search.bm25 import BM25Backend, build_index  # noqa: E402
 from wideseek_exp.search.miniweb import load_pages  # noqa: E402
 from wideseek_exp.tasks.miniweb import load_tasks  # noqa: E402
+from wideseek_exp.world import build_world  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -63,10 +63,10 @@ import wideseek_exp.conf  # noqa: E402,F401
 from wideseek_exp.agents import RolloutStats, run_rollouts  # noqa: E402
 from wideseek_exp.engines.base import Completion, Engine, SamplingParams  # noqa: E402
 from wideseek_exp.engines.hf import HFEngine  # noqa: E402
-from wideseek_exp.main import build_world  # noqa: E402
 from wideseek_exp.models.loader import load_model_and_tokenizer  # noqa: E402
 from wideseek_exp.search.bm25 import BM25Backend  # noqa: E402
 from wideseek_exp.tasks.miniweb import load_tasks  # noqa: E402
+from wideseek_exp.world import build_world  # noqa: E402
 
 TABLE = "```markdown\n| Airport | IATA code |\n| --- | --- |\n| Aldova Airport | ALD |\n```"
 

@@ -29,7 +29,7 @@ def engine_config(engine: str, overrides: list[str]):
     """The composed config for `engine` (random tiny model unless overridden), its world built."""
     from hydra import compose, initialize_config_dir
 
-    from wideseek_exp.main import build_world
+    from wideseek_exp.world import build_world
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="config",

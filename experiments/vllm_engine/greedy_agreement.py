@@ -31,7 +31,7 @@ def main() -> int:
         return 0
 
     from wideseek_exp.engines.factory import make_engine
-    from wideseek_exp.evaluate import load_eval_tasks
+    from wideseek_exp.evaluation import load_eval_tasks
 
     replies = {}
     for engine_name in ("hf", "vllm"):

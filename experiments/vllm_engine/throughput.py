@@ -46,7 +46,7 @@ def main() -> int:
     if vllm_unavailable():
         return 0
 
-    from wideseek_exp.evaluate import load_eval_tasks
+    from wideseek_exp.evaluation import load_eval_tasks
 
     results = {}
     for engine in ("hf", "vllm"):

@@ -6,7 +6,9 @@ searches alone (singleseek), all sharing one LLM with isolated contexts.
     prompts.py     system prompts, subagent task messages, subtask reports, turn hints (en / zh)
     summarize.py   what `access` returns for a page: none | extractive | llm
     trajectory.py  Trajectory / AgentRun / Turn: compact token bookkeeping, JSON lines
-    rollout.py     the turn loops and the scheduler that batches every agent's generation requests
+    episode.py     one trajectory: the turn loop every agent runs (the agent protocol), tools, failure flags
+    scheduler.py   the batching of every agent's generation and tool requests, and the seeds
+    rollout.py     run_rollouts: every task and sample in flight at once, through the two above
 
 Entry point: `run_rollouts(tasks, samples, engine, search, tokenizer, agent_cfg, search_cfg, seed, ...)`.
 """
@@ -20,7 +22,8 @@ from wideseek_exp.agents.parser import (
     parse_reply,
     strip_thinking,
 )
-from wideseek_exp.agents.rollout import RolloutStats, derive_seed, run_rollouts
+from wideseek_exp.agents.rollout import run_rollouts
+from wideseek_exp.agents.scheduler import RolloutStats, derive_seed
 from wideseek_exp.agents.summarize import NO_INFORMATION, make_summarizer
 from wideseek_exp.agents.tools import tools_for
 from wideseek_exp.agents.trajectory import AgentRun, Trajectory, Turn, append_jsonl, read_jsonl

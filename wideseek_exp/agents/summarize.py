@@ -162,3 +162,17 @@ def make_summarizer(agent_cfg, search_cfg, tokenizer=None, engine=None) -> Summa
         return LLMSummarizer(tokenizer, max_page_chars, int(agent_cfg.summary_max_tokens),
                              int(agent_cfg.max_context_tokens), engine)
     raise WideseekError(f"unknown agent.summarizer {name!r}; expected none, extractive or llm")
+
+
+def make_helper_summarizer(cfg):
+    """The llm page summariser on its own engine and model (cfg.summarizer_engine / cfg.summarizer_model), or
+    None: the rollout's default summariser (agent.summarizer; an llm one asks the subagents' engine)."""
+    if cfg.agent.summarizer != "llm" or (cfg.summarizer_engine is None and cfg.summarizer_model is None):
+        return None
+    from omegaconf import OmegaConf
+
+    from wideseek_exp.engines.factory import make_engine
+
+    helper_cfg = cfg if cfg.summarizer_engine is None else OmegaConf.merge(cfg, {"engine": cfg.summarizer_engine})
+    engine = make_engine(helper_cfg, cfg.summarizer_model if cfg.summarizer_model is not None else cfg.model)
+    return make_summarizer(cfg.agent, cfg.search, engine.tokenizer, engine)

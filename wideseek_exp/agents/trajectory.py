@@ -47,7 +47,7 @@ class AgentRun:
     final_text: str | None = None  # the answer with thinking removed; None when the agent failed
     context_overflow: bool = False  # its next prompt (or its reply) would not fit in its context
     turn_limit: bool = False  # still calling tools on its last turn
-    degenerate_repetition: bool = False  # see rollout.py: repeated calls or a looping reply
+    degenerate_repetition: bool = False  # see episode.py: repeated calls or a looping reply
     tool_errors: int = 0  # tool-call items that failed: URLs not from search, missing pages, backend errors
 
     @property
@@ -117,7 +117,7 @@ class AgentRun:
 class Trajectory:
     instance_id: str
     sample_index: int
-    seed: int  # the run's seed; request seeds derive from it (see rollout.py)
+    seed: int  # the run's seed; request seeds derive from it (see scheduler.py)
     mode: str  # wideseek | singleseek
     width: int  # W: most subagents per call (0 for singleseek)
     agents: list[AgentRun] = field(default_factory=list)  # the root (lead or single) first, then subagents

@@ -28,7 +28,7 @@ def make_engine(cfg: DictConfig, model_cfg: DictConfig | None = None) -> Engine:
     if cfg.agent.policy == "scripted":  # the scripted expert needs only the model's tokenizer
         from transformers import AutoTokenizer
 
-        from wideseek_exp.agents.expert import ExpertEngine
+        from wideseek_exp.engines.expert import ExpertEngine
 
         if model_cfg.source == "tiny_sft":  # the warm start shares its base's tokenizer, and may not be built
             model_cfg = OmegaConf.merge(model_cfg, {"source": "tiny", "path": model_cfg.warm_start_from})
@@ -80,3 +80,17 @@ def vllm_engine(cfg: DictConfig, model_cfg: DictConfig, colocated: bool = False)
         enable_sleep_mode=cfg.engine.enable_sleep_mode, dtype=str(model_cfg.dtype), max_model_len=cfg.engine.max_model_len,
         seed=cfg.seed, colocated=colocated,
     )
+
+
+def make_subagent_engine(cfg: DictConfig, lead_engine: Engine) -> Engine | None:
+    """A second engine for the subagents when cfg.subagent_model is set (the lead-vs-subagent ablation).
+
+    Every agent's prompts are rendered with one tokenizer, so the two models must share it."""
+    if cfg.subagent_model is None:
+        return None
+    engine = make_engine(cfg, cfg.subagent_model)
+    if engine.tokenizer.get_vocab() != lead_engine.tokenizer.get_vocab():
+        engine.close()
+        raise WideseekError(f"subagent_model {cfg.subagent_model.name} does not share the tokenizer of model "
+                            f"{cfg.model.name}; the lead and subagent models must use one tokenizer")
+    return engine

@@ -1,4 +1,4 @@
-"""Multi-agent GRPO: group-normalised advantages, the dual-level token weights, and which turns are trained.
+"""Multi-agent GRPO: group-normalised advantages and the dual-level token weights.
 
 Trajectory i of a task's group of G rollouts has the reward R_i and N_i agents; agent a replied
 o^1_{i,a}, ..., o^T_{i,a} over its turns. The paper's objective over a step of T = B * G trajectories:
@@ -21,14 +21,11 @@ over the step in its place, so the loss keeps its scale:
     agent_only   w = 1 / (T * N_i * mean L)                 no token-level normalisation
     token_only   w = 1 / (T * mean N * L_{i,a})             no agent-level normalisation
 
-N_i and L_{i,a} count what is trained: the agents with selected turns (select_turns) and their selected
-reply tokens. A trajectory with nothing to train still counts in T, as it does in 1/G sum_i.
+N_i and L_{i,a} count what is trained: the agents with selected turns (rows.select_turns) and their
+selected reply tokens. A trajectory with nothing to train still counts in T, as it does in 1/G sum_i.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
@@ -77,42 +74,3 @@ def token_weights(weighting: str, row_trajectory: torch.Tensor, row_tokens: torc
     else:  # token_only
         weights = 1.0 / (total * agents[agents > 0].mean() * tokens)
     return torch.where(trained, weights, 0.0)
-
-
-# ------------------------------------------------------------------------------------------ turn selection
-
-REPETITION = "degenerate_repetition"
-LIMITS = ("context_overflow", "turn_limit")
-
-
-@dataclass(frozen=True)
-class AgentOutcome:
-    """What the turn selection needs to know about one agent of a trajectory (the root first)."""
-
-    turns: int
-    failure: str | None  # context_overflow | turn_limit | degenerate_repetition | None (it answered)
-
-
-def select_turns(agents: Sequence[AgentOutcome], succeeded: bool) -> list[list[bool]]:
-    """Which turns of each agent are trained, as the reference implementation chooses them.
-
-    A successful trajectory (a valid final table from a root that finished) trains every turn of every
-    agent except the subagents that failed. A failed one (reward 0) trains only what went wrong:
-      - the root's final turn, when it answered (that answer held no valid table);
-      - the last turn of every agent stopped for degenerate repetition, if there is any such agent;
-        otherwise every turn of every agent that ran out of context or turns.
-    """
-    if succeeded:
-        return [[agent.failure is None] * agent.turns for agent in agents]
-    selected = [[False] * agent.turns for agent in agents]
-    if agents and agents[0].failure is None and agents[0].turns:
-        selected[0][-1] = True
-    repeated = [k for k, agent in enumerate(agents) if agent.failure == REPETITION and agent.turns]
-    if repeated:
-        for k in repeated:
-            selected[k][-1] = True
-    else:
-        for k, agent in enumerate(agents):
-            if agent.failure in LIMITS:
-                selected[k] = [True] * agent.turns
-    return selected

@@ -7,7 +7,7 @@ An agent's context only grows by appending, so its whole history is one token se
 where a follow-up is what the rollout appended after a reply (the tool-response wrapper, the tool or
 subagent result, the next generation prompt). A row keeps the initial prompt apart from the rest, in
 TRL's layout (prompt left-padded, completion right-padded), and marks in `trained_mask` the reply
-tokens of the turns selected for training; tool and subagent-result tokens are never trained. The
+tokens of the turns selected for training (select_turns: the reference implementation's choice); tool and subagent-result tokens are never trained. The
 sampling logprobs of the reply tokens ride along as the old policy of the importance ratio.
 
 Under DDP every rank must run the same number of forward/backward passes, and TRL splits a rank's rows
@@ -23,9 +23,50 @@ from dataclasses import dataclass
 import torch
 
 from wideseek_exp.agents.trajectory import AgentRun, Trajectory
-from wideseek_exp.rl.advantages import AgentOutcome, select_turns
 
 PADDING = -1  # the trajectory index of a padding row
+
+
+# ------------------------------------------------------------------------------------------ turn selection
+
+REPETITION = "degenerate_repetition"
+LIMITS = ("context_overflow", "turn_limit")
+
+
+@dataclass(frozen=True)
+class AgentOutcome:
+    """What the turn selection needs to know about one agent of a trajectory (the root first)."""
+
+    turns: int
+    failure: str | None  # context_overflow | turn_limit | degenerate_repetition | None (it answered)
+
+
+def select_turns(agents: Sequence[AgentOutcome], succeeded: bool) -> list[list[bool]]:
+    """Which turns of each agent are trained, as the reference implementation chooses them.
+
+    A successful trajectory (a valid final table from a root that finished) trains every turn of every
+    agent except the subagents that failed. A failed one (reward 0) trains only what went wrong:
+      - the root's final turn, when it answered (that answer held no valid table);
+      - the last turn of every agent stopped for degenerate repetition, if there is any such agent;
+        otherwise every turn of every agent that ran out of context or turns.
+    """
+    if succeeded:
+        return [[agent.failure is None] * agent.turns for agent in agents]
+    selected = [[False] * agent.turns for agent in agents]
+    if agents and agents[0].failure is None and agents[0].turns:
+        selected[0][-1] = True
+    repeated = [k for k, agent in enumerate(agents) if agent.failure == REPETITION and agent.turns]
+    if repeated:
+        for k in repeated:
+            selected[k][-1] = True
+    else:
+        for k, agent in enumerate(agents):
+            if agent.failure in LIMITS:
+                selected[k] = [True] * agent.turns
+    return selected
+
+
+# ------------------------------------------------------------------------------------------------- rows
 
 
 @dataclass

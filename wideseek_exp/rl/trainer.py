@@ -36,6 +36,7 @@ sampling. With engine=hf that is this policy, so r is 1 up to numerics; an engin
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -47,6 +48,7 @@ from typing import Any
 import torch
 import trl
 from accelerate.utils import gather_object
+from tqdm import tqdm
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import RepeatSampler, use_adapter
@@ -54,7 +56,7 @@ from trl.trainer.utils import RepeatSampler, use_adapter
 from wideseek_exp import WideseekError
 from wideseek_exp.agents import RolloutStats, derive_seed, run_rollouts
 from wideseek_exp.agents.trajectory import Trajectory
-from wideseek_exp.rl.advantages import WEIGHTINGS, group_advantages, token_weights
+from wideseek_exp.rl.advantages import group_advantages, token_weights
 from wideseek_exp.rl.reward import Reward
 from wideseek_exp.rl.rows import collate, padded_row_count, padding_row, trajectory_rows, trim_padding_columns
 
@@ -143,8 +145,6 @@ class MultiAgentGRPOTrainer(GRPOTrainer):
         if trl.__version__ != TRL_VERSION:
             raise WideseekError(f"the multi-agent trainer overrides private methods of trl=={TRL_VERSION}; "
                                 f"trl {trl.__version__} is installed (pip install trl=={TRL_VERSION})")
-        if weighting not in WEIGHTINGS:
-            raise WideseekError(f"trainer.weighting must be one of {', '.join(WEIGHTINGS)} (got {weighting!r})")
         if args.gradient_accumulation_steps != args.steps_per_generation or args.num_iterations != 1:
             raise WideseekError("the multi-agent trainer takes one optimizer step per batch of rollouts: "
                                 "gradient_accumulation_steps == steps_per_generation and num_iterations = 1")
@@ -272,11 +272,17 @@ class MultiAgentGRPOTrainer(GRPOTrainer):
             raise WideseekError("a task appears twice in one step: the training set needs unique instance_ids")
         unique_tasks = [tasks[index] for index in dict.fromkeys(task_index for _, task_index in slots)]
         seed = derive_seed(self.rollout.seed, "train", self.state.global_step)
-        trajectories = run_rollouts(
-            unique_tasks, group, self.policy_engine(), self.rollout.search, self.processing_class,
-            self.rollout.agent_cfg, self.rollout.search_cfg, seed, stats=stats, summarizer=self.rollout.summarizer,
-            skip=lambda instance_id, sample: (instance_id, sample) not in wanted,
-        )
+        progress = tqdm(total=len(slots), desc=f"step {self.state.global_step + 1} rollouts", unit="trajectory",
+                        file=sys.stderr, disable=not self.accelerator.is_main_process)
+        try:
+            trajectories = run_rollouts(
+                unique_tasks, group, self.policy_engine(), self.rollout.search, self.processing_class,
+                self.rollout.agent_cfg, self.rollout.search_cfg, seed, stats=stats, summarizer=self.rollout.summarizer,
+                skip=lambda instance_id, sample: (instance_id, sample) not in wanted,
+                on_trajectory=lambda _: progress.update(),
+            )
+        finally:
+            progress.close()
         sleep = getattr(self._engine, "sleep", None)  # vLLM's sleep mode hands its GPU memory to training
         if sleep is not None:
             sleep()

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from wideseek_exp import WideseekError
-from wideseek_exp.scoring.widesearch import TrialScore
+from wideseek_exp.scoring.trial import TrialScore
 
 METRICS = ("item_precision", "item_recall", "item_f1", "row_precision", "row_recall", "row_f1", "success")
 GROUPS = ("all", "en", "zh")

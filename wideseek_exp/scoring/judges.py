@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import string
 import tempfile
 import threading
 import unicodedata
@@ -74,6 +75,22 @@ def _align_by_canonical(response_values: list[str], gold_values: list[str]) -> d
     return mapping
 
 
+# A deep-QA answer's normal form: lower-cased (NFKC), punctuation and the articles a/an/the removed,
+# then every space, as `canonical` does for table cells ("J. R. R." is "JRR").
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans("", "", string.punctuation + "，。、；：？！“”‘’（）《》")
+
+
+def normalize_answer(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).casefold().translate(_PUNCTUATION)
+    return "".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_correct(response: str, references: list[str]) -> float:
+    answer = normalize_answer(response)
+    return 1.0 if answer and any(answer == normalize_answer(ref) for ref in references) else 0.0
+
+
 class ExactJudge(Judge):
     """Normalised equality (see `canonical`) for alignment and grading: no synonyms, no
     translations, no partial credit. Offline and deterministic."""
@@ -91,8 +108,6 @@ class ExactJudge(Judge):
         return [1.0 if canonical(response) == canonical(gold) else 0.0 for response, gold in pairs]
 
     def grade_answer(self, question, response, references):
-        from wideseek_exp.scoring.qa import exact_correct  # qa builds on this module
-
         return exact_correct(response, references)
 
 

@@ -1,9 +1,8 @@
 """Deep-QA answers (WideSeek-R1 records with is_markdown false): the response's last \\boxed{...}
 against the reference answer, correct or not.
 
-    judge=exact  normalised exact match: lower-cased (NFKC), punctuation and the articles a/an/the
-                 removed, then every space (as the table judge's canonical form: "J. R. R." is "JRR"),
-                 against any of the reference's answers
+    judge=exact  normalised exact match (judges.normalize_answer: lower-cased (NFKC), punctuation and
+                 the articles a/an/the removed, then every space) against any of the reference's answers
     judge=llm    one call: the judge reads question, reference and boxed answer and says correct or not
 
 A QA trial's TrialScore carries its correctness (1 or 0) in every precision, recall and F1 field and in
@@ -14,15 +13,11 @@ A reference may be a boxed answer itself, a plain string, or a JSON list of acce
 from __future__ import annotations
 
 import json
-import re
-import string
-import unicodedata
 
 from wideseek_exp.scoring.judges import Judge, JudgeError
+from wideseek_exp.scoring.trial import TrialScore
 
 BOXED = "\\boxed{"
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = str.maketrans("", "", string.punctuation + "，。、；：？！“”‘’（）《》")
 
 
 def extract_boxed(text: str | None) -> str | None:
@@ -41,11 +36,6 @@ def extract_boxed(text: str | None) -> str | None:
     return None
 
 
-def normalize_answer(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).casefold().translate(_PUNCTUATION)
-    return "".join(_ARTICLES.sub(" ", text).split())
-
-
 def reference_answers(answer_text: str) -> list[str]:
     """The accepted answers of a QA record's reference."""
     text = extract_boxed(answer_text) or answer_text.strip()
@@ -59,15 +49,7 @@ def reference_answers(answer_text: str) -> list[str]:
     return [text]
 
 
-def exact_correct(response: str, references: list[str]) -> float:
-    answer = normalize_answer(response)
-    return 1.0 if answer and any(answer == normalize_answer(ref) for ref in references) else 0.0
-
-
-def score_qa(response: str | None, question: str, answer_text: str, judge: Judge):
-    """A TrialScore (imported here to keep widesearch.py the only place that defines it)."""
-    from wideseek_exp.scoring.widesearch import TrialScore
-
+def score_qa(response: str | None, question: str, answer_text: str, judge: Judge) -> TrialScore:
     boxed = extract_boxed(response)
     if boxed is None:
         return TrialScore(reason="no \\boxed{} answer")

@@ -16,7 +16,7 @@ import math
 import re
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -25,6 +25,7 @@ from wideseek_exp.scoring.judges import Judge, JudgeError
 from wideseek_exp.scoring.preprocess import PREPROCESS, harmonise, parse_date
 from wideseek_exp.scoring.qa import score_qa
 from wideseek_exp.scoring.table import MISSING, NA_TOKENS, Table, extract_table, mangle_duplicates, normalize_column
+from wideseek_exp.scoring.trial import TrialScore
 
 METRICS = ("exact_match", "number_near", "date_near", "url_match", "llm_judge")
 ALIGNED_KEY_METRICS = ("exact_match", "llm_judge")  # step 6: key columns the judge aligns
@@ -40,30 +41,6 @@ class GoldTask(Protocol):
     eval_pipeline: dict[str, dict]
     gold_columns: list[str]
     gold_rows: list[list[str]]
-
-
-@dataclass
-class TrialScore:
-    item_precision: float = 0.0
-    item_recall: float = 0.0
-    item_f1: float = 0.0
-    row_precision: float = 0.0
-    row_recall: float = 0.0
-    row_f1: float = 0.0
-    success: float = 0.0  # 1.0 when all six values above are 1
-    reason: str = ""  # why the trial scored zero ("no table", "missing column: x", ...); "" when scored
-    judge_error: bool = False  # the judge failed after its retries: zeros here, counted apart in reports
-    response_rows: int = 0  # P: response rows after dedup (0 when no table was read)
-    gold_rows: int = 0  # G: gold rows after dedup (the raw gold row count when scoring stopped early)
-    matched_rows: int = 0  # response rows joined to a gold row
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrialScore:
-        names = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in names})
 
 
 # ---- the task: its columns and their pipelines -------------------------------------------------

@@ -79,6 +79,7 @@ def load_task_set(data_cfg, split: str | None = None) -> TaskSet:
 
     tasks: list[TaskRecord] = []
     skipped: list[Skipped] = []
+    malformed: list[tuple[str, str]] = []  # on_error=fail: (where, reason) of every malformed record
     seen_ids: set[str] = set()
     for one_source in sources:
         for location, item in _read_items(one_source, split):
@@ -93,13 +94,16 @@ def load_task_set(data_cfg, split: str | None = None) -> TaskSet:
                 where = f"{one_source} {location}" + (f" (instance_id {instance_id})" if instance_id is not None else "")
                 reason = " ".join(_reason(exc).split())  # one line, whatever the exception text held
                 if data_cfg.on_error != "skip":
-                    raise WideseekError(f"malformed task in {where}: {reason}") from None
+                    malformed.append((where, reason))
+                    continue
                 log.warning("skipping malformed task in %s: %s", where, reason)
                 skipped.append(Skipped(str(one_source), location, reason))
                 continue
             seen_ids.add(task.instance_id)
             tasks.append(task)
 
+    if malformed:
+        raise WideseekError(malformed_report(malformed))
     if skipped:
         log.warning("skipped %d malformed task record(s) in %s, kept %d", len(skipped), source, len(tasks))
     if not tasks:
@@ -109,10 +113,25 @@ def load_task_set(data_cfg, split: str | None = None) -> TaskSet:
     return TaskSet(tasks, source, skipped)
 
 
+SHOWN_MALFORMED = 5  # records a failure report spells out; the rest it counts
+
+
+def malformed_report(entries: list[tuple[str, str]]) -> str:
+    """One line for every malformed record (where, reason): the first few with their reasons, then where
+    the others are."""
+    if len(entries) == 1:
+        return f"malformed task in {entries[0][0]}: {entries[0][1]}"
+    shown = "; ".join(f"{where}: {reason}" for where, reason in entries[:SHOWN_MALFORMED])
+    rest = [where for where, _ in entries[SHOWN_MALFORMED:]]
+    more = f"; and {len(rest)} more, in {', '.join(rest)}" if rest else ""
+    return f"{len(entries)} malformed task records (data.on_error=skip keeps the rest): in {shown}{more}"
+
+
 # ---- where the records are -------------------------------------------------------------------
 
 
 def _missing(path: Path, data_name: str) -> WideseekError:
+    """A missing folder of splits, or a split file missing from its folder: the mini-web's are task=build's."""
     hint = " (run `python run.py task=build` first)" if data_name == "miniweb" else ""
     return WideseekError(f"task data not found: {path}{hint}")
 
@@ -126,6 +145,8 @@ def _split_source(data_cfg, split: str) -> Path:
     if not data_cfg.path:
         raise WideseekError("data.path is not set")
     path = Path(data_cfg.path)
+    if not path.exists() and path.suffix:  # a file the user named, not a folder of splits a build makes
+        raise WideseekError(f"config key 'data.path': the file {path} does not exist")
     if not path.exists():
         raise _missing(path, data_cfg.name)
     if path.is_file() or _is_saved_dataset(path):

@@ -1,7 +1,7 @@
 """Text generation for task synthesis: a small protocol, and an on-disk cache of every call.
 
 The synthesis pipeline (tasks/synthesis.py) asks for text through `TextGenerator.generate`, a batch
-of TextRequests in, one TextReply per request out. The job runner (wideseek_exp/synthesize.py)
+of TextRequests in, one TextReply per request out. The job (wideseek_exp/jobs/data.py)
 implements it on any Engine; tests implement it with a deterministic double. Nothing here imports
 model code.
 

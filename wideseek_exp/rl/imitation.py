@@ -1,7 +1,7 @@
-"""Imitation warm start (task=sft, and task=build for model=tiny): the scripted expert's trajectories on
-the TRAIN split become supervised rows, and TRL's SFTTrainer fits the tiny model to them.
+"""Imitation warm start (built by task=sft, and by task=build for model=tiny): the scripted expert's
+trajectories on the TRAIN split become supervised rows, and TRL's SFTTrainer fits the tiny model to them.
 
-1. the expert (agents/expert.py) rolls out `sft.tasks` train tasks at width `sft.width` through the real
+1. the expert (engines/expert.py) rolls out `sft.tasks` train tasks at width `sft.width` through the real
    rollout and search backend. Each agent's whole context is one row (sft.rows=agent): the prompt, tool
    results and every reply, so each reply is trained after exactly what inference shows it (the task it
    copies a description from, the list a wave takes its next entities from, every report the final
@@ -30,8 +30,8 @@ running in experiments/cpu_demo/README.md.
 
 from __future__ import annotations
 
-import math
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +39,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from wideseek_exp import WideseekError
 from wideseek_exp.buildinfo import BuildResult, build_folder, fingerprint, read_stamp
+from wideseek_exp.conf import check_sft
+from wideseek_exp.progress import Progress
 
 SFT_VERSION = "sft-3"
 
@@ -97,27 +99,6 @@ def keep_freed_memory() -> None:
     mallopt(m_mmap_threshold, 1 << 30)
     mallopt(m_trim_threshold, (1 << 31) - 1)
     mallopt(m_top_pad, 1 << 28)
-
-
-def check_settings(sft) -> None:
-    """One clear line for an sft.* value out of range."""
-    if str(sft.rows) not in ("agent", "turn"):
-        raise WideseekError(f"config key 'sft.rows' must be agent or turn (got {sft.rows!r})")
-    for key, low, high, closed in (("prompt_share", 0.0, 1.0, True), ("copy_share", 0.0, 1.0, False)):
-        value = float(sft[key])
-        if not (low <= value <= high if closed else low <= value < high):
-            raise WideseekError(f"config key 'sft.{key}' must be in [{low:g}, {high:g}{']' if closed else ')'} "
-                                f"(got {value})")
-    if not 0.0 < float(sft.copy_target_accuracy) <= 1.0:
-        raise WideseekError(f"config key 'sft.copy_target_accuracy' must be in (0, 1] (got {sft.copy_target_accuracy})")
-    for key in ("copy_text_steps", "subagents_per_task"):
-        if int(sft[key]) < 0:
-            raise WideseekError(f"config key 'sft.{key}' must be >= 0 (got {sft[key]})")
-    if int(sft.copy_text_length) < 8:
-        raise WideseekError(f"config key 'sft.copy_text_length' must be >= 8 tokens (got {sft.copy_text_length})")
-    if int(sft.copy_span_min) < 2 or int(sft.copy_span_max) < int(sft.copy_span_min):
-        raise WideseekError(f"config keys 'sft.copy_span_min' and 'sft.copy_span_max' must satisfy 2 <= min <= max "
-                            f"(got {sft.copy_span_min} and {sft.copy_span_max})")
 
 
 def copy_rows(rng, batch_size: int, length: int, vocabulary, span: tuple[int, int]):
@@ -193,7 +174,7 @@ def copy_stage(model, tokenizer, sft, log_metrics=None, sources: list[list[int]]
     import numpy as np
     import torch
 
-    check_settings(sft)
+    check_sft(sft)
     steps = int(sft.copy_steps)
     rng = np.random.default_rng(int(sft.seed))
     torch.manual_seed(int(sft.seed))
@@ -207,6 +188,8 @@ def copy_stage(model, tokenizer, sft, log_metrics=None, sources: list[list[int]]
     text_steps = int(sft.copy_text_steps) if sources else 0
     span = (int(sft.copy_span_min), int(sft.copy_span_max))
     text_started = None
+    progress = Progress(f"sft: copy stage (ends early at copy accuracy {target:g})", steps)
+    text_progress = None
     for step in range(1, steps + text_steps + 1):
         if text_started is None:
             ids, labels = copy_rows(rng, int(sft.copy_batch_size), int(sft.copy_length), vocabulary, span)
@@ -227,20 +210,17 @@ def copy_stage(model, tokenizer, sft, log_metrics=None, sources: list[list[int]]
             if log_metrics is not None:
                 log_metrics({"sft/copy_loss": loss.item(), "sft/copy_accuracy": accuracy}, step=step)
             reached = len(history) >= window and sum(h[1] for h in history[-window:]) / window >= target
-            if step % 100 == 0 or step == steps or reached:
-                print(f"sft: copy step {step}/{steps}: loss {loss.item():.3f}, copy accuracy {accuracy:.3f}",
-                      flush=True)
+            progress.update(step, f"loss {loss.item():.3f}, copy accuracy {accuracy:.3f}", force=reached)
             if reached or step >= steps:  # the skill is there (the rest of the budget goes unspent), or no budget
                 if not text_steps:
                     break
                 text_started = len(history)
+                text_progress = Progress("sft: text copy stage", text_steps)
         else:
             done = len(history) - text_started
             if log_metrics is not None:
                 log_metrics({"sft/text_copy_loss": loss.item(), "sft/text_copy_accuracy": accuracy}, step=done)
-            if done % 100 == 0 or done == text_steps:
-                print(f"sft: text copy step {done}/{text_steps}: loss {loss.item():.3f}, copy accuracy "
-                      f"{accuracy:.3f}", flush=True)
+            text_progress.update(done, f"loss {loss.item():.3f}, copy accuracy {accuracy:.3f}")
             if done >= text_steps:
                 break
     random_spans = history[:text_started] if text_started is not None else history
@@ -260,17 +240,23 @@ def copy_stage(model, tokenizer, sft, log_metrics=None, sources: list[list[int]]
 def expert_rows(cfg: DictConfig, tokenizer, tasks: list, max_length: int) -> tuple[list[dict], dict]:
     """Training rows from the expert's trajectories (sft.rows: one per agent or one per reply):
     input_ids and assistant_masks (1 on reply tokens), and the agent's role."""
-    from wideseek_exp.agents.expert import ExpertEngine
-    from wideseek_exp.agents.rollout import run_rollouts
+    from tqdm import tqdm
+
+    from wideseek_exp.agents import run_rollouts
+    from wideseek_exp.engines.expert import ExpertEngine
     from wideseek_exp.search.factory import make_search_backend
 
     agent_cfg = OmegaConf.merge(cfg.agent, {"temperature": 1.0})
     # The expert writes whole tables in one reply: its replies are not cut to the model's reply budget.
     agent_cfg.max_reply_tokens = int(cfg.sft.expert_max_reply_tokens)
     agent_cfg.max_subagents_per_call = int(cfg.sft.width)
-    trajectories = run_rollouts(tasks, 1, ExpertEngine(tokenizer), make_search_backend(cfg), tokenizer, agent_cfg,
-                                cfg.search, cfg.seed)
-    check_settings(cfg.sft)
+    progress = tqdm(total=len(tasks), desc="sft: expert demonstrations", unit="trajectory", file=sys.stderr)
+    try:
+        trajectories = run_rollouts(tasks, 1, ExpertEngine(tokenizer), make_search_backend(cfg), tokenizer, agent_cfg,
+                                    cfg.search, cfg.seed, on_trajectory=lambda _: progress.update())
+    finally:
+        progress.close()
+    check_sft(cfg.sft)
     share = float(cfg.sft.prompt_share)
     rng = random.Random(int(cfg.sft.seed))
     rows, cut, prompted = [], 0, 0
@@ -301,13 +287,14 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> di
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     from wideseek_exp.models.loader import load_model_and_tokenizer
     from wideseek_exp.tasks.loaders import load_task_set
 
     sft = cfg.sft
-    check_settings(sft)  # before minutes of copy stage and rollouts
+    check_sft(sft)  # before minutes of copy stage and rollouts
     keep_freed_memory()
     tasks = [task for task in load_task_set(cfg.data, "train") if task.is_table]  # never the test split
     random.Random(sft.seed).shuffle(tasks)
@@ -332,11 +319,17 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> di
     losses: list[float] = []
 
     class Record(TrainerCallback):
+        """Each step's loss into `losses` and MLflow, and a progress line (in place of TRL's dict per step)."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.progress = Progress("sft: imitation", state.max_steps)
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
                 if log_metrics is not None:
                     log_metrics({"sft/loss": float(logs["loss"])}, step=state.global_step)
+                self.progress.update(state.global_step, f"loss {float(logs['loss']):.3f}")
 
     torch.manual_seed(sft.seed)
     config = SFTConfig(
@@ -351,6 +344,7 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> di
     dataset = Dataset.from_list([{"input_ids": r["input_ids"], "assistant_masks": r["assistant_masks"]} for r in rows])
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset,
                          processing_class=tokenizer, callbacks=[Record()])
+    trainer.remove_callback(PrinterCallback)  # Record prints the step counter instead of one dict per step
     started = time.perf_counter()
     trainer.train()
     stats["train_seconds"] = round(time.perf_counter() - started, 2)
@@ -382,17 +376,27 @@ def build_warm_start(cfg: DictConfig, force: bool = False, log_metrics=None) -> 
                         lambda tmp: train_sft(cfg, str(base), tmp, log_metrics), force=force)
 
 
-def run_sft(cfg: DictConfig, tracker, out: Path | None) -> dict:
-    """task=sft: the world and the base model built if needed, then the warm start into model.path."""
-    from wideseek_exp.main import build_world
+def needs_warm_start(cfg: DictConfig) -> bool:
+    """model.source=tiny_sft with a model policy: the scripted one needs only the tokenizer, which the warm
+    start shares with its base."""
+    return cfg.model.source == "tiny_sft" and cfg.agent.policy != "scripted"
 
-    if cfg.model.source != "tiny_sft":
-        raise WideseekError(f"task=sft trains a warm start for model.source=tiny_sft (model={cfg.model.name} has "
-                            f"source={cfg.model.source}); use model=tiny")
-    build_world(cfg, quiet=True, warm_start=False)
-    result = build_warm_start(cfg, force=True, log_metrics=tracker.log_metrics)
-    metrics = {f"sft.{k}": float(v) for k, v in result.counts.items() if isinstance(v, int | float)
-               and math.isfinite(v)}
-    tracker.log_metrics(metrics)
-    print(f"warm start saved to {result.path}")
-    return result.counts
+
+def warm_start_is_current(cfg: DictConfig) -> bool:
+    stamp = read_stamp(Path(cfg.model.path))
+    return stamp is not None and stamp.get("fingerprint") == sft_fingerprint(cfg, Path(cfg.model.warm_start_from))
+
+
+def require_warm_start(cfg: DictConfig) -> None:
+    """Stop, in one line naming the command that builds it, when the job needs the warm start and it is
+    missing or was built from other settings. Only task=build and task=sft train it: a job that reads it
+    never trains behind the user's back."""
+    if not needs_warm_start(cfg) or warm_start_is_current(cfg):
+        return
+    stamp = read_stamp(Path(cfg.model.path))
+    build = "python run.py task=build"
+    if stamp is None:
+        raise WideseekError(f"the {cfg.model.name} model's imitation warm start is not built at {cfg.model.path}: run "
+                            f"`{build}` first (about 15 minutes on a 2-core CPU, once)")
+    raise WideseekError(f"the warm start at {cfg.model.path} was built from other sft.* settings (or another base "
+                        f"model or seed): run `{build}` with this job's model, sft.* and seed settings")

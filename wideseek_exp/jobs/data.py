@@ -20,11 +20,13 @@ from omegaconf import DictConfig
 
 from wideseek_exp import WideseekError
 from wideseek_exp.engines.base import SamplingParams
+from wideseek_exp.rl.imitation import require_warm_start
 from wideseek_exp.scoring import make_judge
 from wideseek_exp.tasks.sources import load_tables
 from wideseek_exp.tasks.synthesis import Synthesizer, card, render_card, save_dataset
 from wideseek_exp.tasks.textgen import CACHE_FILE, CachedGenerator, TextReply, TextRequest
 from wideseek_exp.tracking import JobRun
+from wideseek_exp.world import TINY_SOURCES, build_world
 
 
 class EngineTextGenerator:
@@ -101,7 +103,7 @@ def usage_metrics(summary: dict) -> dict[str, float]:
     return metrics
 
 
-def run_data(cfg: DictConfig, tracker: JobRun, out: Path | None, generator=None) -> dict:
+def run(cfg: DictConfig, tracker: JobRun, out: Path | None, generator=None) -> dict:
     """`generator` (a TextGenerator) replaces the engine-backed one: tests pass a double."""
     s = cfg.synthesis
     out_dir = Path(s.out_dir)
@@ -109,10 +111,9 @@ def run_data(cfg: DictConfig, tracker: JobRun, out: Path | None, generator=None)
     judge = make_judge(cfg.judge)
     inner = generator
     if inner is None:
-        if cfg.model.source in ("tiny", "tiny_sft"):
-            from wideseek_exp.main import build_world
-
+        if cfg.model.source in TINY_SOURCES:
             build_world(cfg, quiet=True)
+            require_warm_start(cfg)
         inner = EngineTextGenerator(cfg)
     cached = CachedGenerator(inner, out_dir / CACHE_FILE, s.max_concurrency)
     print(f"synthesising broad tasks from source={s.source} with {cached.model}, judge={judge.name} -> {out_dir}",

@@ -1,4 +1,5 @@
-"""task=train: multi-agent GRPO (rl/) on the training split, evaluated on the test split as it goes.
+"""The training run: multi-agent GRPO (trainer.py) on the training split, evaluated on the test split as
+it goes. task=train (jobs/train.py) and a sweep point that trains first (jobs/train_then_eval.py) run it.
 
     python run.py task=train [trainer=debug] [model=...] [reward=...] [trainer.weighting=...]
 
@@ -8,9 +9,9 @@
 3. MultiAgentGRPOTrainer (rl/trainer.py) with TRL's GRPOConfig built from trainer=: each step rolls out
    trainer.tasks_per_step tasks x trainer.num_generations trajectories with the policy itself as the
    engine (engine=hf), and takes one optimizer step;
-4. every trainer.eval_every steps and at the end, the policy is evaluated on trainer.eval_split with
-   task=eval's scorer and report (evaluate.py), logged to MLflow at that step, with a few whole
-   trajectories as artifacts;
+4. every trainer.eval_every steps and at the end, the policy is evaluated on trainer.eval_split by the
+   evaluator of task=eval (evaluation.py), logged to MLflow at that step, with a few whole trajectories
+   as artifacts;
 5. checkpoints every trainer.save_every steps in <job folder>/checkpoints (model, optimizer, scheduler,
    RNG, trainer state with the data position); trainer.resume=true continues from the last one with the
    same task order. Ctrl-C or a crash first saves the last finished step.
@@ -22,7 +23,6 @@ Per-step metrics go to the job's MLflow run (HF's own MLflow callback is off: re
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -31,25 +31,29 @@ import time
 from functools import partial
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from wideseek_exp import WideseekError
+from wideseek_exp.evaluation import evaluate_training_step
+from wideseek_exp.progress import Progress
+from wideseek_exp.rl.imitation import require_warm_start
 from wideseek_exp.tracking import JobRun
+from wideseek_exp.world import prepare_world
 
 
-def run_train(cfg: DictConfig, tracker: JobRun, out: Path | None, evaluate_at_end: bool = True) -> dict:
-    """Train; `evaluate_at_end=False` skips the final evaluation (a caller that evaluates the saved model
-    itself, as a sweep point with exp.train=true does)."""
+def train_policy(cfg: DictConfig, tracker: JobRun, out: Path | None, evaluate_at_end: bool = True) -> dict:
+    """Train (the config checked by conf.validate first); `evaluate_at_end=False` skips the final
+    evaluation (a caller that evaluates the saved model itself, as a sweep point with exp.train=true does).
+    Stops at once when the world's warm start is missing (rl/imitation.require_warm_start)."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # TRL pings the hub when a trainer starts
-    check_train_config(cfg)
     from accelerate import PartialState
     from accelerate.utils import DistributedType, broadcast_object_list
     from datasets import Dataset
     from transformers.trainer_utils import get_last_checkpoint
 
-    from wideseek_exp.evaluate import make_helper_summarizer
+    from wideseek_exp.agents.summarize import make_helper_summarizer
     from wideseek_exp.models.loader import resolve_device
     from wideseek_exp.rl.reward import trajectory_reward
     from wideseek_exp.rl.trainer import MultiAgentGRPOTrainer, RolloutSetup
@@ -76,10 +80,8 @@ def run_train(cfg: DictConfig, tracker: JobRun, out: Path | None, evaluate_at_en
                                 "earlier run with hydra.run.dir=<its job folder> or trainer.checkpoint_dir=...")
 
     with state.main_process_first():
-        if cfg.data.name == "miniweb" or cfg.search.name == "local" or cfg.model.source in ("tiny", "tiny_sft"):
-            from wideseek_exp.main import build_world
-
-            build_world(cfg, quiet=True)  # a no-op when everything is up to date
+        prepare_world(cfg)  # a no-op when everything is up to date
+    require_warm_start(cfg)
     tasks = training_tasks(cfg)
     model, tokenizer, bf16 = load_policy(cfg)
     search = make_search_backend(cfg)
@@ -105,7 +107,18 @@ def run_train(cfg: DictConfig, tracker: JobRun, out: Path | None, evaluate_at_en
         dual_clip=cfg.trainer.dual_clip, forward_chunk_rows=cfg.trainer.micro_batch_rows,
         peft_config=lora_config(cfg),
     )
-    periodic_eval = PeriodicEval(partial(evaluate_policy, cfg, trainer, search, tracker, folder), cfg.trainer.eval_every)
+
+    def evaluate_policy(step: int) -> dict | None:
+        """The policy on trainer.eval_split, as task=eval evaluates; rank 0 evaluates while the others wait."""
+        headline = None
+        with trainer.policy_for_generation():
+            if trainer.accelerator.is_main_process:
+                headline = evaluate_training_step(cfg, tracker, folder, step, trainer.policy_engine(), search,
+                                                  trainer.rollout.summarizer)
+        trainer.accelerator.wait_for_everyone()
+        return headline
+
+    periodic_eval = PeriodicEval(evaluate_policy, cfg.trainer.eval_every)
     trainer.remove_callback(PrinterCallback)  # StepMetrics prints one line per step instead of the whole dict
     trainer.add_callback(StepMetrics(tracker))
     trainer.add_callback(periodic_eval)
@@ -147,32 +160,6 @@ def run_train(cfg: DictConfig, tracker: JobRun, out: Path | None, evaluate_at_en
 
 
 # ----------------------------------------------------------------------------------------------- setup
-
-
-def check_train_config(cfg: DictConfig) -> None:
-    """What task=train needs beyond the schema; one line naming the key."""
-    if cfg.engine.name not in ("hf", "vllm"):
-        raise WideseekError(f"task=train generates with the policy being trained: engine=hf or engine=vllm (got "
-                            f"engine={cfg.engine.name}; a remote server cannot take the new weights every step)")
-    if cfg.engine.name == "vllm" and cfg.model.lora.enabled:
-        raise WideseekError("engine=vllm takes the policy's full weights every step; with model.lora.enabled=true "
-                            "use engine=hf")
-    if cfg.get("subagent_model") is not None:
-        raise WideseekError("task=train trains one shared policy for all roles: remove subagent_model")
-    if cfg.trainer.num_generations < 2:
-        raise WideseekError(f"config key 'trainer.num_generations' must be at least 2 for group-normalised "
-                            f"advantages (got {cfg.trainer.num_generations})")
-    if cfg.trainer.tasks_per_step < 1 or cfg.trainer.max_steps < 1:
-        raise WideseekError("config keys 'trainer.tasks_per_step' and 'trainer.max_steps' must be at least 1")
-    if cfg.agent.temperature <= 0:
-        raise WideseekError("config key 'agent.temperature' must be above 0 for training (sampled rollouts)")
-    if cfg.trainer.micro_batch_rows < 1:
-        raise WideseekError("config key 'trainer.micro_batch_rows' must be at least 1")
-    from wideseek_exp.rl.advantages import WEIGHTINGS
-
-    if cfg.trainer.weighting not in WEIGHTINGS:
-        raise WideseekError(f"config key 'trainer.weighting' must be one of {', '.join(WEIGHTINGS)} "
-                            f"(got {cfg.trainer.weighting!r})")
 
 
 def training_tasks(cfg: DictConfig) -> list:
@@ -287,75 +274,7 @@ def colocated_vllm_engine(cfg: DictConfig, model, tokenizer):
     return vllm_engine(cfg, cfg.model, colocated=True)
 
 
-# --------------------------------------------------------------------------------------- MLflow and eval
-
-
-class _AtStep:
-    """The job's tracker with every metric logged at one training step and artifacts under one folder,
-    so that evaluate.py's report functions can be reused as they are."""
-
-    def __init__(self, tracker: JobRun, step: int, artifact_path: str):
-        self.tracker, self.step, self.artifact_path = tracker, step, artifact_path
-
-    def __getattr__(self, name):
-        return getattr(self.tracker, name)
-
-    def log_metrics(self, metrics, step=None) -> None:
-        self.tracker.log_metrics(metrics, step=self.step)
-
-    def log_artifact(self, path, artifact_path=None) -> None:
-        self.tracker.log_artifact(path, artifact_path or self.artifact_path)
-
-
-def evaluate_policy(cfg: DictConfig, trainer, search, tracker: JobRun, folder: Path, step: int) -> dict | None:
-    """The policy on trainer.eval_split (eval.limit tasks x eval.samples), scored and reported as task=eval
-    does, into <folder>/eval/step_N and MLflow at `step`. Rank 0 evaluates while the others wait."""
-    accelerator = trainer.accelerator
-    headline = None
-    with trainer.policy_for_generation():
-        if accelerator.is_main_process:
-            headline = _evaluate(cfg, trainer.policy_engine(), search, tracker, folder, step, trainer.rollout.summarizer)
-    accelerator.wait_for_everyone()
-    return headline
-
-
-def _evaluate(cfg: DictConfig, engine, search, tracker: JobRun, folder: Path, step: int, summarizer=None) -> dict:
-    from wideseek_exp.agents import RolloutStats, run_rollouts
-    from wideseek_exp.evaluate import (
-        eval_settings,
-        load_eval_tasks,
-        log_trajectory_samples,
-        rollout_metrics,
-        score_and_report,
-        trial_record,
-    )
-    from wideseek_exp.trialstore import TrialStore
-
-    eval_cfg = copy.deepcopy(cfg)
-    OmegaConf.update(eval_cfg, "data.split", cfg.trainer.eval_split)
-    tasks = load_eval_tasks(eval_cfg)
-    samples = cfg.eval.samples
-    step_folder = folder / "eval" / f"step_{step:06d}"
-    store = TrialStore(step_folder, {**eval_settings(eval_cfg), "train_step": step})
-    at_step = _AtStep(tracker, step, f"eval/step_{step:06d}")
-    print(f"evaluating step {step}: {len(tasks)} tasks x {samples} samples of split {cfg.trainer.eval_split}",
-          flush=True)
-    stats, started, generated = RolloutStats(), time.perf_counter(), 0
-
-    def finished(trajectory) -> None:
-        nonlocal generated
-        store.add(trial_record(trajectory), trajectory.to_dict())
-        generated += sum(trajectory.generated_tokens.values())
-
-    run_rollouts(tasks, samples, engine, search, engine.tokenizer, cfg.agent, cfg.search, cfg.seed,
-                 summarizer=summarizer, on_trajectory=finished, stats=stats, skip=store.done,
-                 max_active_trajectories=cfg.eval.max_active_trajectories)
-    seconds = time.perf_counter() - started
-    report = score_and_report(eval_cfg, tasks, store.trials, samples, step_folder, at_step)
-    trials = [store.trials[(t.instance_id, s)] for t in tasks for s in range(samples) if store.done(t.instance_id, s)]
-    at_step.log_metrics({f"eval.rollout.{k}": v for k, v in rollout_metrics(trials, seconds, generated, stats).items()})
-    log_trajectory_samples(store, at_step, step_folder)
-    return report.headline()
+# ------------------------------------------------------------------------------------------- callbacks
 
 
 class StepMetrics(TrainerCallback):
@@ -364,6 +283,10 @@ class StepMetrics(TrainerCallback):
 
     def __init__(self, tracker: JobRun):
         self.tracker = tracker
+        self.progress: Progress | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.progress = Progress("train", state.max_steps, initial=state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -376,7 +299,8 @@ class StepMetrics(TrainerCallback):
             print(f"step {state.global_step}/{state.max_steps}: reward {get('reward/mean', 0):.3f} "
                   f"(valid {get('reward/valid_fraction', 0):.2f}, item F1 {get('score/item_f1', 0):.3f}), "
                   f"agents/trajectory {get('trajectory/agents', 0):.1f}, rows in loss {get('rows/in_loss', 0):.0f}, "
-                  f"loss {get('loss', 0):.4g}, grad norm {get('grad_norm', 0):.3g}, {get('step_time', 0):.1f} s",
+                  f"loss {get('loss', 0):.4g}, grad norm {get('grad_norm', 0):.3g}, {get('step_time', 0):.1f} s"
+                  + (f", ETA {eta}" if (eta := self.progress and self.progress.eta(state.global_step)) else ""),
                   flush=True)
 
 

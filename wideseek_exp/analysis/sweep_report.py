@@ -35,7 +35,7 @@ KEY_PARAMS = {
 SWEPT_AS = {"subagents": "width", "model": "model", "subagent_model": "subagent_model", "exp.train": "trained",
             "agent": "agent", "engine": "engine", "search": "search", "reward": "reward", "judge": "judge",
             "data": "data", "seed": "seed", "eval.samples": "samples"}
-# summary column -> metric (evaluate.py's names)
+# summary column -> metric (evaluation.py's names)
 METRICS = {
     "item_f1_avg": "eval.item_f1_avg", "item_f1_max": "eval.item_f1_max",
     "row_f1_avg": "eval.row_f1_avg", "row_f1_max": "eval.row_f1_max",

@@ -1,39 +1,68 @@
-"""task=eval and task=score: rollouts on a task set, WideSearch scoring, the paper's table, MLflow.
+"""The evaluator: rollouts on a task set, WideSearch scoring, the paper's table, MLflow. task=eval,
+training's periodic evaluation and a sweep point that trains first all evaluate through `evaluate`;
+task=score reports on responses that already exist through `report`.
 
-task=eval
-    1. load the task split (data=...), every eval.stride-th task, the first eval.limit of them;
-    2. roll out eval.samples trials per task with the configured agent, engine and search backend,
-       every trial written to the job folder as it finishes (trialstore.py); a rerun on the same
-       folder (hydra.run.dir=...) skips finished trials;
-    3. score every trial (scoring/), aggregate Avg@k / Max@k / Pass@k, write metrics.json,
-       results.md, per_task.csv and scores.jsonl, log them to MLflow and print the table.
-
-task=score
-    the same step 3 for responses that already exist: an eval folder of ours, or the per-trial
-    response files of the official WideSearch runner.
+    1. the tasks: the split (data=...), every eval.stride-th task, the first eval.limit of them;
+    2. the trials: eval.samples per task, rolled out by the configured agent, engine and search backend
+       (or by the policy a trainer holds), each written to the folder as it finishes (trialstore.py); a
+       rerun on the same folder (hydra.run.dir=...) skips finished trials;
+    3. the report: every trial scored (scoring/), Avg@k / Max@k / Pass@k and the rollout means gathered in
+       one metrics dict, written as metrics.json, results.md, per_task.csv and scores.jsonl, logged to
+       MLflow and printed as the paper's table.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
-import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from wideseek_exp import WideseekError
+from wideseek_exp.agents import RolloutStats, run_rollouts
+from wideseek_exp.agents.summarize import make_helper_summarizer
 from wideseek_exp.scoring import aggregate, make_judge, render_table, score_response, summarize_task
 from wideseek_exp.scoring.aggregate import Report
-from wideseek_exp.scoring.widesearch import TrialScore
+from wideseek_exp.scoring.judges import Judge
+from wideseek_exp.scoring.trial import TrialScore
+from wideseek_exp.search.factory import make_search_backend
 from wideseek_exp.tasks.loaders import load_task_set
 from wideseek_exp.tasks.record import TaskRecord
-from wideseek_exp.tracking import JobRun
+from wideseek_exp.tracking import JobRun, RunAtStep
 from wideseek_exp.trialstore import TRIALS_FILE, TrialStore
 
 TRAJECTORY_SAMPLES = 5  # whole trajectories logged to MLflow per evaluation (all are in the job folder)
+
+
+@dataclass
+class Policy:
+    """What rolls out the trials: the engine (and the subagents' own, when subagent_model is set), the
+    search backend and the access tool's summariser (None: agent.summarizer's default)."""
+
+    engine: Any
+    search: Any
+    summarizer: Any = None
+    subagent_engine: Any = None
+
+
+def policy_from_config(cfg: DictConfig) -> Policy:
+    """The configured engines, search backend and summariser; the caller closes them (close_policy)."""
+    from wideseek_exp.engines.factory import make_engine, make_subagent_engine
+
+    engine = make_engine(cfg)
+    return Policy(engine, make_search_backend(cfg), make_helper_summarizer(cfg), make_subagent_engine(cfg, engine))
+
+
+def close_policy(policy: Policy) -> None:
+    for used in (policy.engine, policy.subagent_engine, getattr(policy.summarizer, "engine", None)):
+        if used is not None:
+            used.close()
 
 
 def load_eval_tasks(cfg: DictConfig) -> list[TaskRecord]:
@@ -80,22 +109,21 @@ def trial_record(trajectory) -> dict:
     }
 
 
-def run_eval(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
-    from wideseek_exp.agents import RolloutStats, run_rollouts
-    from wideseek_exp.engines.factory import make_engine
-    from wideseek_exp.main import build_world
-    from wideseek_exp.search.factory import make_search_backend
-
-    if cfg.data.name == "miniweb" or cfg.search.name == "local" or cfg.model.source in ("tiny", "tiny_sft"):
-        build_world(cfg, quiet=True)  # a no-op when everything is up to date
+def evaluate(cfg: DictConfig, tracker: JobRun, folder: Path, policy: Policy | None = None, title: str = "",
+             settings: dict | None = None, rollout_prefix: str = "rollout.") -> dict:
+    """Roll out, score and report cfg.eval.samples trials of every task of load_eval_tasks(cfg) into
+    `folder`; returns the report's headline. Without `policy` the configured one is built (only when
+    trials are left to run) and closed afterwards; a given policy is the caller's to close. `title`
+    names the evaluation in its first line ("step 20"), `settings` join those a resumed folder must match,
+    and the rollout means are logged under `rollout_prefix`."""
     tasks = load_eval_tasks(cfg)
     samples = cfg.eval.samples
-    folder = out or Path(cfg.paths.outputs) / "eval"
-    store = TrialStore(folder, eval_settings(cfg))
+    store = TrialStore(folder, {**eval_settings(cfg), **(settings or {})})
     total = len(tasks) * samples
     done_before = sum(store.done(task.instance_id, s) for task in tasks for s in range(samples))
-    print(f"evaluating {len(tasks)} tasks x {samples} samples, width {cfg.subagents}, agent={cfg.agent.name}, "
-          f"model={cfg.model.name}, engine={cfg.engine.name}, search={cfg.search.name}"
+    print(f"evaluating {title + ': ' if title else ''}{len(tasks)} tasks x {samples} samples of split "
+          f"{cfg.data.split}, width {cfg.subagents}, agent={cfg.agent.name}, model={cfg.model.name}, "
+          f"engine={cfg.engine.name}, search={cfg.search.name}"
           + (", policy=scripted" if cfg.agent.policy == "scripted" else "") + f" -> {folder}", flush=True)
     if done_before:
         print(f"resuming: {done_before} of {total} trials already done", flush=True)
@@ -104,10 +132,7 @@ def run_eval(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
     if done_before < total:
         from tqdm import tqdm
 
-        engine = make_engine(cfg)
-        subagent_engine = make_subagent_engine(cfg, engine)
-        summarizer = make_helper_summarizer(cfg)
-        search = make_search_backend(cfg)
+        used = policy or policy_from_config(cfg)
         progress = tqdm(total=total, initial=done_before, desc="trials", unit="trial", file=sys.stderr)
         started = time.perf_counter()  # the rollouts' wall time, without loading the model
 
@@ -118,62 +143,36 @@ def run_eval(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
             progress.update()
 
         try:
-            run_rollouts(tasks, samples, engine, search, engine.tokenizer, cfg.agent, cfg.search, cfg.seed,
-                         subagent_engine=subagent_engine, summarizer=summarizer, on_trajectory=finished, stats=stats,
-                         skip=store.done, max_active_trajectories=cfg.eval.max_active_trajectories)
+            run_rollouts(tasks, samples, used.engine, used.search, used.engine.tokenizer, cfg.agent, cfg.search,
+                         cfg.seed, subagent_engine=used.subagent_engine, summarizer=used.summarizer,
+                         on_trajectory=finished, stats=stats, skip=store.done,
+                         max_active_trajectories=cfg.eval.max_active_trajectories)
         finally:
             progress.close()
-            for used in (engine, subagent_engine, getattr(summarizer, "engine", None)):
-                if used is not None:
-                    used.close()
-    rollout_seconds = time.perf_counter() - started
-
-    report = score_and_report(cfg, tasks, store.trials, samples, folder, tracker)
-    rollout = rollout_metrics([store.trials[(t.instance_id, s)] for t in tasks for s in range(samples)
-                               if store.done(t.instance_id, s)], rollout_seconds, generated_now, stats,
-                              agent_roles(cfg))
-    tracker.log_metrics({f"rollout.{k}": v for k, v in rollout.items()})
-    metrics_path = folder / "metrics.json"
-    metrics = json.loads(metrics_path.read_text())
-    metrics["rollout"] = rollout
-    metrics_path.write_text(json.dumps(metrics, indent=2))
-    tracker.log_artifact(metrics_path)
+            if policy is None:
+                close_policy(used)
+    done = [store.trials[(t.instance_id, s)] for t in tasks for s in range(samples) if store.done(t.instance_id, s)]
+    rollout = rollout_metrics(done, time.perf_counter() - started, generated_now, stats, agent_roles(cfg))
+    result = report(cfg, tasks, store.trials, samples, folder, tracker, rollout, rollout_prefix)
     log_trajectory_samples(store, tracker, folder)
-    return report.headline()
+    return result.headline()
+
+
+def evaluate_training_step(cfg: DictConfig, tracker: JobRun, folder: Path, step: int, engine, search,
+                           summarizer=None) -> dict:
+    """Training's periodic evaluation: the policy the trainer holds, on trainer.eval_split (eval.limit tasks x
+    eval.samples), into <folder>/eval/step_N and the job's MLflow run at `step`."""
+    eval_cfg = copy.deepcopy(cfg)
+    OmegaConf.update(eval_cfg, "data.split", cfg.trainer.eval_split)
+    name = f"step_{step:06d}"
+    return evaluate(eval_cfg, RunAtStep(tracker, step, f"eval/{name}"), folder / "eval" / name,
+                    Policy(engine, search, summarizer), title=f"step {step}", settings={"train_step": step},
+                    rollout_prefix="eval.rollout.")
 
 
 def agent_roles(cfg: DictConfig) -> tuple[str, ...]:
     """The roles whose tokens every evaluation of this agent logs (0 when a role generated nothing)."""
     return ("single",) if cfg.agent.name == "singleseek" else ("lead", "subagent")
-
-
-def make_subagent_engine(cfg: DictConfig, lead_engine):
-    """A second engine for the subagents when cfg.subagent_model is set (the lead-vs-subagent ablation).
-
-    Every agent's prompts are rendered with one tokenizer, so the two models must share it."""
-    if cfg.subagent_model is None:
-        return None
-    from wideseek_exp.engines.factory import make_engine
-
-    engine = make_engine(cfg, cfg.subagent_model)
-    if engine.tokenizer.get_vocab() != lead_engine.tokenizer.get_vocab():
-        engine.close()
-        raise WideseekError(f"subagent_model {cfg.subagent_model.name} does not share the tokenizer of model "
-                            f"{cfg.model.name}; the lead and subagent models must use one tokenizer")
-    return engine
-
-
-def make_helper_summarizer(cfg: DictConfig):
-    """The llm page summariser on its own engine and model (cfg.summarizer_engine / cfg.summarizer_model), or
-    None: the rollout's default summariser (agent.summarizer; an llm one asks the subagents' engine)."""
-    if cfg.agent.summarizer != "llm" or (cfg.summarizer_engine is None and cfg.summarizer_model is None):
-        return None
-    from wideseek_exp.agents import make_summarizer
-    from wideseek_exp.engines.factory import make_engine
-
-    helper_cfg = cfg if cfg.summarizer_engine is None else OmegaConf.merge(cfg, {"engine": cfg.summarizer_engine})
-    engine = make_engine(helper_cfg, cfg.summarizer_model if cfg.summarizer_model is not None else cfg.model)
-    return make_summarizer(cfg.agent, cfg.search, engine.tokenizer, engine)
 
 
 def rollout_metrics(trials: list[dict], seconds: float, generated_now: int, stats,
@@ -230,14 +229,13 @@ def log_trajectory_samples(store: TrialStore, tracker: JobRun, folder: Path) -> 
     tracker.log_artifact(folder / TRIALS_FILE)
 
 
-# --------------------------------------------------------------------------------------------- scoring
+# --------------------------------------------------------------------------------------------- the report
 
 
-def score_and_report(cfg: DictConfig, tasks: list[TaskRecord], trials: dict[tuple[str, int], dict], samples: int,
-                     folder: Path, tracker: JobRun) -> Report:
-    """Score every trial, aggregate, write the report files, log them and print the table."""
-    judge = make_judge(cfg.judge)
-    folder.mkdir(parents=True, exist_ok=True)
+def score_trials(tasks: list[TaskRecord], trials: dict[tuple[str, int], dict], samples: int,
+                 judge: Judge) -> tuple[Report, list[dict]]:
+    """Every trial scored (a missing trial, or one without a final answer, scores zeros) and aggregated;
+    also one line per trial for scores.jsonl."""
     summaries, score_lines = [], []
     for task in tasks:
         task_scores: list[TrialScore | None] = []
@@ -252,22 +250,36 @@ def score_and_report(cfg: DictConfig, tasks: list[TaskRecord], trials: dict[tupl
             task_scores.append(score)
             score_lines.append({"instance_id": task.instance_id, "sample": sample, **score.to_dict()})
         summaries.append(summarize_task(task.instance_id, task.language, task_scores, samples))
-    report = aggregate(summaries, judge.label)
-    table = render_table(report)
+    return aggregate(summaries, judge.label), score_lines
+
+
+def report(cfg: DictConfig, tasks: list[TaskRecord], trials: dict[tuple[str, int], dict], samples: int,
+           folder: Path, tracker: JobRun, rollout: dict[str, float] | None = None,
+           rollout_prefix: str = "rollout.") -> Report:
+    """Score the trials and report them, all in one place: the metrics dict (eval.* from the scores,
+    `rollout_prefix`* from the rollout means, when there were rollouts), the files (metrics.json,
+    results.md, per_task.csv, scores.jsonl), MLflow (metrics, judge tag, the files) and the printed table."""
+    judge = make_judge(cfg.judge)
+    folder.mkdir(parents=True, exist_ok=True)
+    scored, score_lines = score_trials(tasks, trials, samples, judge)
+    metrics = report_metrics(scored)
+    logged = {**metrics, **{rollout_prefix + name: value for name, value in (rollout or {}).items()}}
+    table = render_table(scored)
 
     with (folder / "scores.jsonl").open("w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in score_lines)
-    write_per_task_csv(folder / "per_task.csv", report, tasks)
+    write_per_task_csv(folder / "per_task.csv", scored, tasks)
     (folder / "results.md").write_text(table + "\n")
-    metrics = report_metrics(report)
-    (folder / "metrics.json").write_text(json.dumps({"judge": judge.label, "k": report.k, "metrics": metrics},
-                                                    indent=2))
-    tracker.log_metrics(metrics)
+    summary = {"judge": judge.label, "k": scored.k, "metrics": metrics}
+    if rollout is not None:
+        summary["rollout"] = rollout
+    (folder / "metrics.json").write_text(json.dumps(summary, indent=2))
+    tracker.log_metrics(logged)
     tracker.set_tags({"judge": judge.label.split()[0]})
-    for name in ("results.md", "per_task.csv", "scores.jsonl"):
+    for name in ("results.md", "per_task.csv", "scores.jsonl", "metrics.json"):
         tracker.log_artifact(folder / name)
     print(table, flush=True)
-    return report
+    return scored
 
 
 def report_metrics(report: Report) -> dict[str, float]:
@@ -297,63 +309,3 @@ def write_per_task_csv(path: Path, report: Report, tasks: list[TaskRecord]) -> N
                                                    summary.mean["row_f1"], summary.max["row_f1"],
                                                    summary.mean["success"], summary.max["success"])),
                              summary.missing, summary.judge_errors])
-
-
-# --------------------------------------------------------------------------------------------- task=score
-
-OFFICIAL_FILE = re.compile(r"^(?P<stem>.+)_response\.jsonl$")
-
-
-def read_responses(folder: Path, model_prefix: str | None) -> dict[tuple[str, int], dict]:
-    """(instance_id, trial) -> {"response": text} from our trials.jsonl or the official runner's files."""
-    if (folder / TRIALS_FILE).is_file():
-        trials = {}
-        for number, line in enumerate((folder / TRIALS_FILE).read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                trials[(record["instance_id"], int(record["sample"]))] = record
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-                raise WideseekError(f"{folder / TRIALS_FILE} line {number}: not a trial record ({error})") from None
-        return trials
-    trials = {}
-    # Official runner: {model}_{instance_id}_{trial}[_multi_agent]_response.jsonl, one record inside
-    # with instance_id, response, messages, trial_idx. The record, not the name, says which trial it is.
-    for path in sorted(folder.glob("*_response.jsonl")):
-        if model_prefix and not path.name.startswith(f"{model_prefix}_"):
-            continue
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                key = (str(record["instance_id"]), int(record.get("trial_idx") or 0))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-                raise WideseekError(f"{path} line {number}: not an official response record ({error})") from None
-            response = record.get("response")
-            trials[key] = {"instance_id": key[0], "sample": key[1],
-                           "response": response if isinstance(response, str) and response != "NULL" else None}
-    if not trials:
-        raise WideseekError(f"no responses in {folder}: expected {TRIALS_FILE} or official *_response.jsonl files"
-                            + (f" starting with {model_prefix}_" if model_prefix else ""))
-    return trials
-
-
-def run_score(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
-    if not cfg.score.responses:
-        raise WideseekError("task=score needs score.responses=<an eval folder or a folder of official response files>")
-    source = Path(cfg.score.responses)
-    if not source.is_dir():
-        raise WideseekError(f"score.responses folder {source} does not exist")
-    trials = read_responses(source, cfg.score.model_prefix)
-    tasks = load_eval_tasks(cfg)
-    known = {task.instance_id for task in tasks}
-    unknown = sorted({instance_id for instance_id, _ in trials} - known)
-    if unknown:
-        print(f"note: {len(unknown)} response(s) for tasks not in data={cfg.data.name} split={cfg.data.split} "
-              f"(first: {unknown[0]}) are ignored", file=sys.stderr)
-    samples = max(cfg.eval.samples, 1 + max(sample for _, sample in trials))
-    print(f"scoring {len(trials)} responses from {source} against {len(tasks)} tasks (k={samples})", flush=True)
-    report = score_and_report(cfg, tasks, trials, samples, out or source, tracker)
-    return report.headline()

@@ -1,0 +1,1 @@
+"""Reading experiments back: sweep summaries, scaling plots and training curves from MLflow runs."""
