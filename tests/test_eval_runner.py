@@ -6,6 +6,7 @@ for real.
 """
 
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -210,3 +211,43 @@ def test_eval_stride_takes_a_spread_of_the_split_before_the_limit():
     tasks = load_eval_tasks(config("eval.stride=15", "eval.limit=8"))
     assert [t.instance_id for t in tasks] == [t.instance_id for t in split[::15][:8]]
     assert len({t.meta["family"] for t in tasks}) > len({t.meta["family"] for t in split[:8]})
+
+
+def test_the_protocol_funnel_counts_each_stage_exactly(tmp_path, scripted):
+    """Five trials scripted to stop at known stages of the protocol; the funnel in metrics.json, MLflow's
+    metrics and results.md says exactly how many got through each."""
+    cfg = config("eval.limit=5", "eval.samples=1", "subagents=1")
+    tasks = list(load_task_set(cfg.data, "test"))[:5]
+    gold = gold_answers(cfg)
+
+    def kind(view) -> int:
+        return next(k for k, task in enumerate(tasks) if task.query in view.user)
+
+    def script(view):
+        k, task = kind(view), tasks[kind(view)]
+        key = task.gold_rows[0][0]
+        if view.role == "lead":
+            if k == 0:
+                return "<think>\nx\n</think>\n\nI do not know."  # stops at once: no stage
+            if view.turn == 1:
+                return tool_call("create_sub_agents", {"sub_agents": [{"prompt": f"find {key}"}]})
+            header = "| " + " | ".join(task.gold_columns) + " |\n| " + " | ".join("---" for _ in task.gold_columns)
+            return {1: f"```markdown\n{header} |\n```", 2: "No table.", 3: gold[task.query],
+                    4: f"```markdown\n{header} |\n| wrong |" + " x |" * (len(task.gold_columns) - 1) + "\n```"}[k]
+        if k == 1:
+            return "Nothing to report."
+        if view.turn == 1:
+            return tool_call("search", {"queries": [{"query": key}]})
+        if view.turn == 2 and k in (3, 4):
+            url = "https://miniweb.local/nowhere" if k == 4 else re.findall(r"URL: (\S+)", view.last_tool_result)[0]
+            return tool_call("access", {"urls": [{"url": url, "info_to_extract": "facts"}]})
+        return f"Found: {key}." if k in (3, 4) else "Nothing found."
+
+    scripted(ScriptedEngine(tiny_tokenizer(), script))
+    run_eval(cfg, JobRun(None), tmp_path)
+    funnel = {k.removeprefix("funnel."): v for k, v in
+              json.loads((tmp_path / "metrics.json").read_text())["metrics"].items() if k.startswith("funnel.")}
+    assert funnel == {"lead_call": 0.8, "subagent": 0.8, "search": 0.6, "access": 0.2, "report_gold": 0.4,
+                      "table": 0.6, "item_f1": 0.2}
+    results = (tmp_path / "results.md").read_text()
+    assert "| an access reads a page | 20.0% |" in results and "| item F1 > 0 | 20.0% |" in results

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from wideseek_exp import WideseekError
 from wideseek_exp.agents import RolloutStats, run_rollouts
+from wideseek_exp.agents.funnel import funnel_shares, gold_values, protocol_stages, render_funnel, stage_row
 from wideseek_exp.agents.summarize import make_helper_summarizer
 from wideseek_exp.scoring import aggregate, make_judge, render_table, score_response, summarize_task
 from wideseek_exp.scoring.aggregate import Report
@@ -88,10 +89,11 @@ def eval_settings(cfg: DictConfig) -> dict:
     return json.loads(json.dumps(settings, default=str))
 
 
-def trial_record(trajectory) -> dict:
-    """The per-trial line of trials.jsonl: what scoring and reports need, without token ids."""
+def trial_record(trajectory, task: TaskRecord | None = None) -> dict:
+    """The per-trial line of trials.jsonl: what scoring and reports need, without token ids; with the task,
+    the protocol stages the trial got through (agents/funnel.py)."""
     root = trajectory.root
-    return {
+    record = {
         "instance_id": trajectory.instance_id,
         "sample": trajectory.sample_index,
         "response": trajectory.final_answer,
@@ -107,6 +109,9 @@ def trial_record(trajectory) -> dict:
         "longest_reply": trajectory.longest_reply(),
         "wall_s": trajectory.timings.get("wall_s", 0.0),
     }
+    if task is not None:
+        record["funnel"] = protocol_stages(trajectory, gold_values(task.gold_rows))
+    return record
 
 
 def evaluate(cfg: DictConfig, tracker: JobRun, folder: Path, policy: Policy | None = None, title: str = "",
@@ -136,9 +141,11 @@ def evaluate(cfg: DictConfig, tracker: JobRun, folder: Path, policy: Policy | No
         progress = tqdm(total=total, initial=done_before, desc="trials", unit="trial", file=sys.stderr)
         started = time.perf_counter()  # the rollouts' wall time, without loading the model
 
+        task_of = {task.instance_id: task for task in tasks}
+
         def finished(trajectory) -> None:
             nonlocal generated_now
-            store.add(trial_record(trajectory), trajectory.to_dict())
+            store.add(trial_record(trajectory, task_of[trajectory.instance_id]), trajectory.to_dict())
             generated_now += sum(trajectory.generated_tokens.values())
             progress.update()
 
@@ -263,8 +270,13 @@ def report(cfg: DictConfig, tasks: list[TaskRecord], trials: dict[tuple[str, int
     folder.mkdir(parents=True, exist_ok=True)
     scored, score_lines = score_trials(tasks, trials, samples, judge)
     metrics = report_metrics(scored)
+    funnel = trial_funnel(tasks, trials, samples, score_lines)
+    if funnel is not None:
+        metrics.update({f"funnel.{stage}": share for stage, share in funnel.items()})
     logged = {**metrics, **{rollout_prefix + name: value for name, value in (rollout or {}).items()}}
     table = render_table(scored)
+    if funnel is not None:
+        table += "\n\n" + render_funnel(funnel, len(tasks) * samples)
 
     with (folder / "scores.jsonl").open("w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in score_lines)
@@ -280,6 +292,19 @@ def report(cfg: DictConfig, tasks: list[TaskRecord], trials: dict[tuple[str, int
         tracker.log_artifact(folder / name)
     print(table, flush=True)
     return scored
+
+
+def trial_funnel(tasks: list[TaskRecord], trials: dict[tuple[str, int], dict], samples: int,
+                 score_lines: list[dict]) -> dict[str, float] | None:
+    """The protocol funnel over every trial of the evaluation (a missing one passes no stage), or None when the
+    trials carry no stages (responses scored without their trajectories: task=score on official files)."""
+    if not any("funnel" in trial for trial in trials.values()):
+        return None
+    item_f1 = {(line["instance_id"], line["sample"]): line.get("item_f1") for line in score_lines}
+    rows = [stage_row((trials.get((task.instance_id, sample)) or {}).get("funnel"),
+                      item_f1.get((task.instance_id, sample)))
+            for task in tasks for sample in range(samples)]
+    return funnel_shares(rows)
 
 
 def report_metrics(report: Report) -> dict[str, float]:

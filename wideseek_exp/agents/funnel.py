@@ -72,8 +72,9 @@ def _read_a_page(result: str) -> bool:
     return False
 
 
-def trial_stages(trajectory: Trajectory, gold: set[str], item_f1: float | None) -> dict[str, bool]:
-    """Which stages one trial passed. `gold` from gold_values(); `item_f1` None: not scored (fails)."""
+def protocol_stages(trajectory: Trajectory, gold: set[str]) -> dict[str, bool]:
+    """Which stages one trial passed, but the last (item_f1: the score's, stage_rows adds it). `gold` from
+    gold_values()."""
     root = trajectory.root
     first = root.turns[0] if root.turns else None
     wanted = (CREATE_SUB_AGENTS,) if root.role == LEAD else (SEARCH, ACCESS)
@@ -87,13 +88,20 @@ def trial_stages(trajectory: Trajectory, gold: set[str], item_f1: float | None) 
         "access": any(turn.tool_name == ACCESS and _read_a_page(turn.tool_result or "") for turn in turns),
         "report_gold": bool(gold) and any(_contains_value(report, gold) for report in reports),
         "table": bool(trajectory.table_found),
-        "item_f1": item_f1 is not None and item_f1 > 0,
     }
 
 
-def funnel_shares(stage_rows: list[dict[str, bool]], trials: int | None = None) -> dict[str, float]:
-    """The share of trials through each stage; `trials` (default: the rows) counts missing trials as failing."""
-    total = trials if trials is not None else len(stage_rows)
+def stage_row(stages: dict[str, bool] | None, item_f1: float | None) -> dict[str, bool]:
+    """All stages of one trial: its protocol stages (None: a missing trial, which passed none) and its score."""
+    row = dict.fromkeys(STAGES, False)
+    row.update(stages or {})
+    row["item_f1"] = item_f1 is not None and item_f1 > 0
+    return row
+
+
+def funnel_shares(stage_rows: list[dict[str, bool]]) -> dict[str, float]:
+    """The share of trials through each stage (one row per trial, missing ones included)."""
+    total = len(stage_rows)
     return {stage: (sum(row[stage] for row in stage_rows) / total if total else 0.0) for stage in STAGES}
 
 
