@@ -12,11 +12,11 @@ from omegaconf import OmegaConf
 from scripted_engine import tiny_tokenizer, world_config
 
 from wideseek_exp import WideseekError
-from wideseek_exp.engines.expert import ExpertEngine, answer, tool_call
 from wideseek_exp.agents.grammar import reply_grammar
 from wideseek_exp.agents.parser import CallLimits, parse_reply
 from wideseek_exp.agents.rollout import run_rollouts
 from wideseek_exp.engines.base import SamplingParams
+from wideseek_exp.engines.expert import ExpertEngine, answer, tool_call
 from wideseek_exp.engines.hf import GrammarMasks, HFEngine
 from wideseek_exp.search.factory import make_search_backend
 from wideseek_exp.tasks.loaders import load_task_set

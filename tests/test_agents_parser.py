@@ -11,13 +11,13 @@ from wideseek_exp.agents.parser import (
     CallLimits,
     final_answer,
     find_markdown_table,
-    is_degenerate_repetition,
     parse_reply,
     strip_thinking,
 )
 from wideseek_exp.agents.summarize import NO_INFORMATION, ExtractiveSummarizer, Summarizer, make_summarizer
 from wideseek_exp.agents.tools import lead_tools, single_tools, subagent_tools
 from wideseek_exp.agents.trajectory import AgentRun, Trajectory, Turn
+from wideseek_exp.engines.base import is_degenerate_repetition
 from wideseek_exp.search.base import Page
 
 LIMITS = CallLimits(max_subagents=3, max_queries=5, max_urls=5)

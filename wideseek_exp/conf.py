@@ -117,6 +117,10 @@ class ModelConfig:
     max_reply_tokens: int = 8192  # per reply; agent.max_reply_tokens follows it
     # the sampling temperature this model is run at (like a generation_config's); agent.temperature follows it
     temperature: float = 1.0
+    # decoding aids for small models (agent.* follow them): replies under a reply grammar (agents/grammar.py:
+    # off | schema | seen_urls), and replies ended as soon as they loop (engines/base.py)
+    tool_grammar: str = "off"
+    stop_loops: bool = False
     trust_remote_code: bool = False
     tiny: TinyArchConfig | None = None  # only for source=tiny / tiny_sft (the base model's architecture)
     # source=tiny_sft: the random tiny model (built from `tiny`) the warm start begins from
@@ -190,7 +194,8 @@ class AgentConfig:
     repeat_call_limit: int = 3  # the same tool call this many times in a row ends the agent (0: never)
     tool_wait_s: float = 1.0  # generation waits this long for running tool calls to join its batch
     thinking: bool = True
-    tool_grammar: str = "off"  # off | schema | seen_urls: decode replies under a grammar (agents/grammar.py)
+    tool_grammar: str = II("model.tool_grammar")  # off | schema | seen_urls (agents/grammar.py)
+    stop_loops: bool = II("model.stop_loops")  # end a reply caught in a loop at once (it fails either way)
     temperature: float = II("model.temperature")  # 1.0 for the paper's models
     top_p: float = 1.0
 

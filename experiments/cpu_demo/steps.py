@@ -7,7 +7,7 @@ own states, on train tasks the warm start never saw.
 The expert plays --tasks held-out train tasks (after the warm start's sft.tasks, same shuffle as
 wideseek_exp/rl/imitation.py). At every turn of every agent the model writes its own reply to the context
 the expert had (under the reply grammar when agent.tool_grammar is on, greedy unless --temperature), and
-the reply counts when it is exactly the expert's. Printed per kind of step:
+the reply counts when its action (the reply after its thinking) is exactly the expert's. Printed per kind of step:
 
     lead.list      the lead's first call: the list subtask, the task's description copied into it
     lead.wave      a wave of entity subtasks (names and URLs from the list report)
@@ -55,7 +55,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import wideseek_exp.conf  # noqa: F401  (registers base_config)
-    from wideseek_exp.agents import run_rollouts
+    from wideseek_exp.agents import run_rollouts, strip_thinking
     from wideseek_exp.engines.base import SamplingParams
     from wideseek_exp.engines.expert import ExpertEngine
     from wideseek_exp.engines.hf import HFEngine
@@ -94,7 +94,7 @@ def main() -> None:
                 seed=start, grammars=tuple(g for *_, g in chunk) if grammar_mode != "off" else ())
             completions = engine.generate([context for _, context, _, _ in chunk], sampling)
             for (kind, _, reply, _), completion in zip(chunk, completions):
-                ok = completion.token_ids == reply or tokenizer.decode(completion.token_ids) == tokenizer.decode(reply)
+                ok = strip_thinking(tokenizer.decode(completion.token_ids)) == strip_thinking(tokenizer.decode(reply))
                 right[kind][0] += ok
                 right[kind][1] += 1
                 if not ok and shown[kind] < args.show:

@@ -40,13 +40,12 @@ from wideseek_exp.agents.parser import (
     ToolCall,
     final_answer,
     find_markdown_table,
-    is_degenerate_repetition,
     parse_reply,
 )
 from wideseek_exp.agents.scheduler import derive_seed
 from wideseek_exp.agents.tools import ACCESS, CREATE_SUB_AGENTS, LEAD, SEARCH, SINGLE, SUBAGENT, tools_for
 from wideseek_exp.agents.trajectory import AgentRun, Trajectory, Turn
-from wideseek_exp.engines.base import Completion
+from wideseek_exp.engines.base import Completion, is_degenerate_repetition
 from wideseek_exp.search.bm25 import normalize_url
 from wideseek_exp.tasks.record import TaskRecord
 
@@ -73,6 +72,7 @@ class Limits:
     temperature: float
     top_p: float
     tool_grammar: str = "off"  # agents/grammar.py: off | schema | seen_urls
+    stop_loops: bool = False  # the engine ends a reply caught in a loop (SamplingParams.stop_loops)
 
     @classmethod
     def from_config(cls, agent_cfg, search_cfg) -> Limits:
@@ -93,6 +93,7 @@ class Limits:
             temperature=float(agent_cfg.temperature),
             top_p=float(agent_cfg.top_p),
             tool_grammar=check_mode(str(agent_cfg.get("tool_grammar", "off"))),
+            stop_loops=bool(agent_cfg.get("stop_loops", False)),
         )
 
     @property

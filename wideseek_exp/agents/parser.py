@@ -95,16 +95,6 @@ def find_markdown_table(answer: str) -> str | None:
     return None
 
 
-def is_degenerate_repetition(token_ids: list[int], window: int = 128, max_period: int = 32) -> bool:
-    """True when the reply ends in a loop: its last `window` tokens repeat one pattern of at most
-    `max_period` tokens (the same token, or the same few words, over and over). Shorter replies never
-    count, so a table whose rows differ only in their numbers is not a loop."""
-    tail = token_ids[-window:]
-    if len(tail) < window:
-        return False
-    return any(all(tail[i] == tail[i - period] for i in range(period, window)) for period in range(1, max_period + 1))
-
-
 # ---------------------------------------------------------------------------------------------- calls
 
 

@@ -51,7 +51,7 @@ class Rollout:
                   stats: RolloutStats, skip: Callable[[str, int], bool] | None = None) -> list[Trajectory]:
         limits = self.limits
         self.scheduler = Scheduler(self.search_backend, self.seed, limits.temperature, limits.top_p,
-                                   limits.tool_wait_s, stats)
+                                   limits.tool_wait_s, stats, limits.stop_loops)
         self.started = time.perf_counter()
 
         async def one(task_index: int, task: TaskRecord, sample_index: int) -> Trajectory:

@@ -105,11 +105,12 @@ class _Group:
 
 class Scheduler:
     def __init__(self, search: SearchBackend, seed: int, temperature: float, top_p: float, tool_wait_s: float,
-                 stats: RolloutStats):
+                 stats: RolloutStats, stop_loops: bool = False):
         self.loop = asyncio.get_running_loop()
         self.search_backend = search
         self.seed = seed
         self.temperature, self.top_p = temperature, top_p
+        self.stop_loops = stop_loops
         self.tool_wait_s = tool_wait_s
         self.stats = stats
         self.started = time.perf_counter()
@@ -246,6 +247,7 @@ class Scheduler:
             max_new_tokens=max(r.max_new_tokens for r in requests), temperature=self.temperature, top_p=self.top_p,
             seed=derive_seed(self.seed, "batch", *(r.seed for r in requests)),
             grammars=tuple(r.grammar for r in requests) if any(r.grammar for r in requests) else (),
+            stop_loops=self.stop_loops,
         )
         record = FlushRecord(queue.index, len(requests), sampling.max_new_tokens, self.tool_requests_in_flight,
                              time.perf_counter() - self.started)

@@ -19,6 +19,9 @@ class SamplingParams:
     # One reply grammar per prompt (EBNF, agents/grammar.py), or None for free text; empty: none at all.
     # Only engines with `supports_grammars` honour it; the rollout refuses to send grammars to others.
     grammars: tuple[str | None, ...] = ()
+    # End a reply as soon as it is caught in a loop (is_degenerate_repetition), with stop_reason "loop": the
+    # rollout fails such a reply either way, and a loop would otherwise run to max_new_tokens.
+    stop_loops: bool = False
 
 
 @dataclass
@@ -41,3 +44,13 @@ class Engine(ABC):
 
     def close(self) -> None:  # engines holding servers or GPU memory release them here
         return None
+
+
+def is_degenerate_repetition(token_ids: list[int], window: int = 128, max_period: int = 32) -> bool:
+    """True when the reply ends in a loop: its last `window` tokens repeat one pattern of at most
+    `max_period` tokens (the same token, or the same few words, over and over). Shorter replies never
+    count, so a table whose rows differ only in their numbers is not a loop."""
+    tail = token_ids[-window:]
+    if len(tail) < window:
+        return False
+    return any(all(tail[i] == tail[i - period] for i in range(period, window)) for period in range(1, max_period + 1))

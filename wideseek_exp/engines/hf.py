@@ -36,7 +36,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from wideseek_exp import WideseekError
-from wideseek_exp.engines.base import Completion, Engine, SamplingParams
+from wideseek_exp.engines.base import Completion, Engine, SamplingParams, is_degenerate_repetition
 
 # Rows of one prefill group: padding up to this share of the real suffix tokens (plus a few) is cheaper than
 # another forward pass.
@@ -517,7 +517,7 @@ class HFEngine(Engine):
                 for b, (r, token, logprob) in enumerate(zip(live, tokens.tolist(), logprobs.tolist())):
                     if matchers is not None:
                         GrammarMasks.advance(matchers[r], token)
-                    if not self._append(rows[r], token, logprob, stops, stop_window):
+                    if not self._append(rows[r], token, logprob, stops, stop_window, sampling.stop_loops):
                         kept.append(b)
                     elif self.prefix_cache is not None:  # its KV: the prompt and all its tokens but the last
                         self.prefix_cache.store(prompts[r] + rows[r].token_ids[:-1], kv.row(b))
@@ -616,13 +616,18 @@ class HFEngine(Engine):
         kv.length += new
         return output.logits[:, -1, :].float()
 
-    def _append(self, row: _Row, token: int, logprob: float, stops: tuple[str, ...], stop_window: int) -> bool:
+    def _append(self, row: _Row, token: int, logprob: float, stops: tuple[str, ...], stop_window: int,
+                stop_loops: bool = False) -> bool:
         """Record a sampled token; True when the row is finished."""
         row.token_ids.append(token)
         row.logprobs.append(logprob)
         self.stats.generated_tokens += 1
         if token in self.eos_token_ids:
             row.finish_reason, row.stop_reason = "stop", "eos"
+            return True
+        # every 16 tokens: the check costs a few thousand comparisons
+        if stop_loops and len(row.token_ids) % 16 == 0 and is_degenerate_repetition(row.token_ids):
+            row.finish_reason, row.stop_reason = "stop", "loop"
             return True
         if stops:
             # Checked every step, so a stop string found in the recent tail was completed by this token.
