@@ -1,6 +1,8 @@
 """The scripted expert (agent.policy=scripted) through the real rollout, mini-web search and scorer, and
 the imitation warm start (task=sft) that learns from its trajectories."""
 
+import re
+
 import pytest
 from omegaconf import OmegaConf
 from scripted_engine import tiny_tokenizer, world_config
@@ -331,3 +333,47 @@ def test_a_warm_start_built_from_other_settings_is_refused_not_rebuilt(tmp_path)
     (folder / "build.json").write_text(json.dumps({"name": "tiny-sft", "fingerprint": current}))
     require_warm_start(cfg)  # current: nothing to say
     require_warm_start(OmegaConf.merge(cfg, {"agent": {"policy": "scripted"}}))  # the tokenizer is all it needs
+
+
+def test_on_policy_rows_label_the_states_the_model_reached_with_the_experts_reply():
+    """DAgger: a 'model' that plays like the expert but reads the wrong list page. Its list subagent gets a row at
+    that state (the expert reads the right page instead) and one at the state after the wrong page (a state the
+    expert never reaches by itself: it reads the right page then); the turns where it did as the expert would get
+    no row."""
+    from scripted_engine import ScriptedEngine
+
+    from wideseek_exp.engines.expert import expert_reply, tool_call
+    from wideseek_exp.rl.imitation import on_policy_rows
+
+    cfg = world_config()
+    cfg = OmegaConf.merge(cfg, {"agent": {"max_reply_tokens": 4096}})
+    task = next(t for t in load_task_set(cfg.data, "train") if t.meta["family"] == "cities_by_country")
+    wrong = {}
+
+    def script(view):
+        reply = expert_reply(view.text)
+        if view.role == "subagent" and view.subtask.startswith("Find the list") and '"access"' in reply \
+                and "gave_up" not in wrong:
+            urls = re.findall(r"URL: (\S+)", view.text)
+            wrong.setdefault("url", next(u for u in urls if "/list/" in u and u not in reply))
+            if "Page: " + wrong["url"] not in view.text:  # not read yet: read it
+                return tool_call("access", {"urls": [{"url": wrong["url"], "info_to_extract": "every entry"}]}, "Read.")
+            wrong["gave_up"] = True  # after the wrong page, it gives up (the lead's retry then goes as the expert's)
+            return "<think>\nDone.\n</think>\n\nNo list page found."
+        return reply
+
+    tokenizer = tiny_tokenizer()
+    rows, stats = on_policy_rows(cfg, None, tokenizer, [task], seed=0, engine=ScriptedEngine(tokenizer, script))
+    assert stats["trajectories"] == 1 and stats["rows"] == len(rows) == 2
+    first, second = rows
+    assert first["role"] == second["role"] == "subagent"
+    for row in rows:
+        context = tokenizer.decode([t for t, m in zip(row["input_ids"], row["assistant_masks"]) if not m])
+        target = tokenizer.decode([t for t, m in zip(row["input_ids"], row["assistant_masks"]) if m])
+        assert target == expert_reply(context) + "<|im_end|>"  # the expert's reply to the model's own state
+        assert '"access"' in target and wrong["url"] not in target  # the right page, not the wrong one
+        start = row["assistant_masks"].index(1)
+        assert row["assistant_masks"] == [0] * start + [1] * (len(row["input_ids"]) - start)
+    assert "Page: " + wrong["url"] not in tokenizer.decode(first["input_ids"])  # the state before the wrong page
+    assert "Page: " + wrong["url"] in tokenizer.decode(second["input_ids"])  # the state after the wrong page
+    assert stats["agreed_turns"] == stats["turns"] - 2

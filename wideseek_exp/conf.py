@@ -375,6 +375,16 @@ class SftConfig:
     # mixed precision: the forward and backward passes in bf16 under autocast, the weights and the optimizer
     # in fp32 (faster on a CPU with bf16 units; one without them computes the same, more slowly)
     bf16: bool = True
+    # On-policy imitation (DAgger): after the imitation above, each round the model plays dagger_tasks train
+    # tasks of its own (after the expert's sft.tasks), the expert labels every state where the model's reply
+    # differs from its own, and the model trains dagger_steps steps on those rows (at most
+    # dagger_rows_per_agent per agent), mixed with the expert's rows (dagger_replay: their share)
+    dagger_rounds: int = 0
+    dagger_tasks: int = 32
+    dagger_steps: int = 200
+    dagger_learning_rate: float = 5.0e-4
+    dagger_replay: float = 0.5
+    dagger_rows_per_agent: int = 2
 
 
 @dataclass
@@ -485,9 +495,12 @@ def check_sft(sft) -> None:
         if not (low <= value <= high if closed else low <= value < high):
             raise WideseekError(f"config key 'sft.{key}' must be in [{low:g}, {high:g}{']' if closed else ')'} "
                                 f"(got {value})")
+    if not 0.0 <= float(sft.dagger_replay) < 1.0:
+        raise WideseekError(f"config key 'sft.dagger_replay' must be in [0, 1) (got {sft.dagger_replay})")
     if not 0.0 < float(sft.copy_target_accuracy) <= 1.0:
         raise WideseekError(f"config key 'sft.copy_target_accuracy' must be in (0, 1] (got {sft.copy_target_accuracy})")
-    for key in ("copy_text_steps", "subagents_per_task"):
+    for key in ("copy_text_steps", "subagents_per_task", "dagger_rounds", "dagger_tasks", "dagger_steps",
+                "dagger_rows_per_agent"):
         if int(sft[key]) < 0:
             raise WideseekError(f"config key 'sft.{key}' must be >= 0 (got {sft[key]})")
     if int(sft.copy_text_length) < 8:

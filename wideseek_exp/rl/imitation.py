@@ -282,14 +282,122 @@ def expert_rows(cfg: DictConfig, tokenizer, tasks: list, max_length: int) -> tup
     return rows, stats
 
 
-def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> dict:
-    """Fit the model in folder `base` to the expert's rows and save it to `out_dir`. Returns counts."""
+def on_policy_rows(cfg: DictConfig, model, tokenizer, tasks: list, seed: int, engine=None) -> tuple[list[dict], dict]:
+    """On-policy imitation (DAgger): the model as it is now plays `tasks` (at width sft.width, sampled and
+    decoded as at inference: agent.temperature, agent.tool_grammar), and the expert labels the states the
+    model reached. Each turn where the model's action (its reply after the thinking) is not the expert's
+    becomes a row: the model's own context up to that turn, then the expert's reply, the only trained tokens.
+    At most sft.dagger_rows_per_agent rows per agent, the first deviations (a later one is often a
+    consequence of the first). Returns the rows and counts, with the protocol funnel of the rollouts. `engine`
+    (default: engine=hf over `model`) is what plays."""
+    from tqdm import tqdm
+
+    from wideseek_exp.agents import run_rollouts, strip_thinking
+    from wideseek_exp.agents.funnel import STAGES, funnel_shares, gold_values, protocol_stages, stage_row
+    from wideseek_exp.engines.expert import END, expert_reply
+    from wideseek_exp.engines.hf import HFEngine
+    from wideseek_exp.search.factory import make_search_backend
+
+    sft = cfg.sft
+    agent_cfg = OmegaConf.merge(cfg.agent, {"max_subagents_per_call": int(sft.width)})
+    if engine is None:
+        engine = HFEngine(model, tokenizer, max_batch_size=int(cfg.engine.max_batch_size),
+                          prefix_cache_mb=float(cfg.engine.prefix_cache_mb))
+    progress = tqdm(total=len(tasks), desc="sft: on-policy rollouts", unit="trajectory", file=sys.stderr)
+    try:
+        trajectories = run_rollouts(tasks, 1, engine, make_search_backend(cfg), tokenizer, agent_cfg, cfg.search,
+                                    seed, on_trajectory=lambda _: progress.update())
+    finally:
+        progress.close()
+    end_id = tokenizer.convert_tokens_to_ids(END)
+    max_length, per_agent = int(sft.max_length), int(sft.dagger_rows_per_agent)
+    rows, turns, agreed = [], 0, 0
+    for trajectory in trajectories:
+        for agent in trajectory.agents:
+            kept = 0
+            for index, turn in enumerate(agent.turns):
+                turns += 1
+                context = agent.turn_prompt_ids(index)
+                label = expert_reply(tokenizer.decode(context, skip_special_tokens=False))
+                if strip_thinking(tokenizer.decode(turn.response_ids)).removesuffix(END).strip() == \
+                        strip_thinking(label).strip():
+                    agreed += 1
+                    continue
+                reply = tokenizer.encode(label, add_special_tokens=False) + [end_id]
+                if kept >= per_agent or len(context) + len(reply) > max_length:
+                    continue
+                rows.append({"input_ids": context + reply, "assistant_masks": [0] * len(context) + [1] * len(reply),
+                             "role": agent.role})
+                kept += 1
+    task_of = {task.instance_id: task for task in tasks}
+    scores = _item_f1s(cfg, trajectories, task_of)
+    funnel = funnel_shares([stage_row(protocol_stages(t, gold_values(task_of[t.instance_id].gold_rows)), score)
+                            for t, score in zip(trajectories, scores)])
+    stats = {"trajectories": len(trajectories), "turns": turns, "agreed_turns": agreed, "rows": len(rows),
+             "item_f1": sum(scores) / max(1, len(scores)), **{f"funnel.{k}": funnel[k] for k in STAGES}}
+    return rows, stats
+
+
+def _item_f1s(cfg: DictConfig, trajectories: list, task_of: dict) -> list[float]:
+    from wideseek_exp.scoring import make_judge, score_response
+
+    judge = make_judge(cfg.judge)
+    return [score_response(t.final_answer, task_of[t.instance_id], judge).item_f1 if t.final_answer else 0.0
+            for t in trajectories]
+
+
+def fit(model, tokenizer, rows: list[dict], sft, steps: int, learning_rate: float, out_dir: Path, label: str,
+        log_metrics=None, log_prefix: str = "sft/loss", step_offset: int = 0) -> list[float]:
+    """`steps` steps of TRL's SFTTrainer on `rows` (loss on their assistant_masks tokens), cosine from
+    `learning_rate` after sft.warmup_ratio of warm-up, in place on `model`; the loss of each step."""
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
+    losses: list[float] = []
+
+    class Record(TrainerCallback):
+        """Each step's loss into `losses` and MLflow, and a progress line (in place of TRL's dict per step)."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.progress = Progress(label, state.max_steps)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+                if log_metrics is not None:
+                    log_metrics({log_prefix: float(logs["loss"])}, step=step_offset + state.global_step)
+                self.progress.update(state.global_step, f"loss {float(logs['loss']):.3f}")
+
+    torch.manual_seed(int(sft.seed) + step_offset)
+    config = SFTConfig(
+        output_dir=str(out_dir / "trainer"), max_steps=steps, learning_rate=learning_rate,
+        per_device_train_batch_size=int(sft.batch_size), lr_scheduler_type="cosine",
+        warmup_steps=float(sft.warmup_ratio), train_sampling_strategy="group_by_length",
+        weight_decay=0.0, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+        use_cpu=True, bf16=bool(sft.bf16), seed=int(sft.seed) + step_offset, max_length=int(sft.max_length),
+        packing=False, dataset_text_field="input_ids", remove_unused_columns=False, dataloader_num_workers=0,
+    )
+    model.train()
+    dataset = Dataset.from_list([{"input_ids": r["input_ids"], "assistant_masks": r["assistant_masks"]} for r in rows])
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[Record()])
+    trainer.remove_callback(PrinterCallback)  # Record prints the step counter instead of one dict per step
+    trainer.train()
+    model.eval()
+    return losses
+
+
+def _head_and_tail(losses: list[float]) -> tuple[float, float]:
+    tenth = max(1, len(losses) // 10)
+    return round(sum(losses[:tenth]) / tenth, 4), round(sum(losses[-tenth:]) / tenth, 4)
+
+
+def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> dict:
+    """Fit the model in folder `base` to the expert's rows (after the copy stages), then sft.dagger_rounds
+    rounds of on-policy imitation, and save it to `out_dir`. Returns counts."""
     from wideseek_exp.models.loader import load_model_and_tokenizer
     from wideseek_exp.tasks.loaders import load_task_set
 
@@ -298,10 +406,10 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> di
     keep_freed_memory()
     tasks = [task for task in load_task_set(cfg.data, "train") if task.is_table]  # never the test split
     random.Random(sft.seed).shuffle(tasks)
-    tasks = tasks[: sft.tasks] if sft.tasks else tasks
+    expert_tasks = tasks[: sft.tasks] if sft.tasks else tasks
     model, tokenizer = load_model_and_tokenizer(base, dtype="float32", device="cpu")
     started = time.perf_counter()
-    rows, stats = expert_rows(cfg, tokenizer, tasks, int(sft.max_length))
+    rows, stats = expert_rows(cfg, tokenizer, expert_tasks, int(sft.max_length))
     stats["expert_seconds"] = round(time.perf_counter() - started, 2)
     if not rows:
         raise WideseekError("sft: the expert produced no trainable rows (check sft.tasks and data=)")
@@ -316,48 +424,43 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> di
     print(f"sft: {stats['rows']} rows ({stats['trained_tokens']} reply tokens of {stats['tokens']}) from "
           f"{stats['trajectories']} expert trajectories in {stats['expert_seconds']} s", flush=True)
 
-    losses: list[float] = []
-
-    class Record(TrainerCallback):
-        """Each step's loss into `losses` and MLflow, and a progress line (in place of TRL's dict per step)."""
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.progress = Progress("sft: imitation", state.max_steps)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
-                if log_metrics is not None:
-                    log_metrics({"sft/loss": float(logs["loss"])}, step=state.global_step)
-                self.progress.update(state.global_step, f"loss {float(logs['loss']):.3f}")
-
-    torch.manual_seed(sft.seed)
-    config = SFTConfig(
-        output_dir=str(out_dir / "trainer"), max_steps=int(sft.max_steps), learning_rate=float(sft.learning_rate),
-        per_device_train_batch_size=int(sft.batch_size), lr_scheduler_type="cosine",
-        warmup_steps=float(sft.warmup_ratio), train_sampling_strategy="group_by_length",
-        weight_decay=0.0, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
-        use_cpu=True, bf16=bool(sft.bf16), seed=int(sft.seed), max_length=int(sft.max_length), packing=False,
-        dataset_text_field="input_ids", remove_unused_columns=False, dataloader_num_workers=0,
-    )
-    model.train()
-    dataset = Dataset.from_list([{"input_ids": r["input_ids"], "assistant_masks": r["assistant_masks"]} for r in rows])
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset,
-                         processing_class=tokenizer, callbacks=[Record()])
-    trainer.remove_callback(PrinterCallback)  # Record prints the step counter instead of one dict per step
     started = time.perf_counter()
-    trainer.train()
+    losses = fit(model, tokenizer, rows, sft, int(sft.max_steps), float(sft.learning_rate), out_dir,
+                 "sft: imitation", log_metrics)
     stats["train_seconds"] = round(time.perf_counter() - started, 2)
-    model.eval()
+    stats["steps"] = len(losses)
+    stats["loss_first"], stats["loss_last"] = _head_and_tail(losses)
+    print(f"sft: {stats['steps']} steps in {stats['train_seconds']} s, loss {stats['loss_first']} -> "
+          f"{stats['loss_last']}", flush=True)
+
+    # On-policy rounds: new train tasks each round (after the expert's), rows aggregated over the rounds.
+    pool = tasks[len(expert_tasks):] or tasks
+    on_policy: list[dict] = []
+    rng = random.Random(int(sft.seed) + 2)
+    for round_index in range(int(sft.dagger_rounds)):
+        started = time.perf_counter()
+        count = int(sft.dagger_tasks)
+        round_tasks = [pool[(round_index * count + k) % len(pool)] for k in range(count)]
+        new_rows, round_stats = on_policy_rows(cfg, model, tokenizer, round_tasks, int(sft.seed) + 1000 + round_index)
+        on_policy += new_rows
+        replay = float(sft.dagger_replay)
+        mixed = on_policy + rng.sample(rows, min(len(rows), round(len(on_policy) * replay / (1 - replay))))
+        print(f"sft: on-policy round {round_index + 1} of {sft.dagger_rounds}: {round_stats['agreed_turns']} of "
+              f"{round_stats['turns']} turns as the expert's, item F1 {100 * round_stats['item_f1']:.1f}; "
+              f"{len(new_rows)} new rows, {len(mixed)} in the mix", flush=True)
+        if log_metrics is not None:
+            log_metrics({f"sft/dagger_{k}": float(v) for k, v in round_stats.items()}, step=round_index + 1)
+        round_losses = fit(model, tokenizer, mixed, sft, int(sft.dagger_steps), float(sft.dagger_learning_rate),
+                           out_dir, f"sft: on-policy round {round_index + 1}", log_metrics, "sft/dagger_loss",
+                           step_offset=round_index * int(sft.dagger_steps)) if mixed else []
+        prefix = f"dagger{round_index + 1}_"
+        stats.update({prefix + k: v for k, v in round_stats.items()})
+        stats[prefix + "seconds"] = round(time.perf_counter() - started, 2)
+        if round_losses:
+            stats[prefix + "loss_first"], stats[prefix + "loss_last"] = _head_and_tail(round_losses)
     model.save_pretrained(out_dir)
     tokenizer.padding_side = "left"
     tokenizer.save_pretrained(out_dir)
-    head = losses[: max(1, len(losses) // 10)]
-    tail = losses[-max(1, len(losses) // 10):]
-    stats.update({"steps": len(losses), "loss_first": round(sum(head) / len(head), 4),
-                  "loss_last": round(sum(tail) / len(tail), 4)})
-    print(f"sft: {stats['steps']} steps in {stats['train_seconds']} s, loss {stats['loss_first']} -> "
-          f"{stats['loss_last']}", flush=True)
     return stats
 
 
