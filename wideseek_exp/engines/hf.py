@@ -335,6 +335,18 @@ class GrammarMasks:
         self.xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device),
                                              indices=rows if len(rows) < len(matchers) else None)
 
+    def replay(self, grammar: str, token_ids: list[int]) -> torch.Tensor:
+        """The mask each token of a reply was sampled under, as xgrammar bitmasks [tokens, words] (int32, bit v
+        of a row set where token v was allowed); the trainer scores the reply under the same masks."""
+        matcher = self.matcher(grammar)
+        bitmask = self.xgr.allocate_token_bitmask(max(1, len(token_ids)), self.vocab_size)[: len(token_ids)]
+        for index, token in enumerate(token_ids):
+            if matcher.is_terminated():
+                break
+            matcher.fill_next_token_bitmask(bitmask, index)
+            self.advance(matcher, token)
+        return bitmask
+
     @staticmethod
     def advance(matcher, token: int) -> None:
         if matcher is not None and not matcher.is_terminated() and not matcher.accept_token(token):
@@ -418,15 +430,20 @@ class HFEngine(Engine):
 
     # ---- internals ----
 
+    @property
+    def grammar_masks(self) -> GrammarMasks:
+        """The masks this engine samples under (xgrammar over its tokenizer and vocabulary)."""
+        if self._grammar_masks is None:
+            self._grammar_masks = GrammarMasks(self.tokenizer, self.vocab_size, self.eos_token_ids)
+        return self._grammar_masks
+
     def _grammars(self, sampling: SamplingParams, count: int) -> list:
         """One matcher (or None) per prompt."""
         if not sampling.grammars:
             return [None] * count
         if len(sampling.grammars) != count:
             raise WideseekError(f"{len(sampling.grammars)} grammars for {count} prompts")
-        if self._grammar_masks is None and any(g is not None for g in sampling.grammars):
-            self._grammar_masks = GrammarMasks(self.tokenizer, self.vocab_size, self.eos_token_ids)
-        return [self._grammar_masks.matcher(g) if g is not None else None for g in sampling.grammars]
+        return [self.grammar_masks.matcher(g) if g is not None else None for g in sampling.grammars]
 
     def _check_prompt(self, index: int, prompt: Sequence[int]) -> None:
         if len(prompt) == 0:
@@ -511,7 +528,7 @@ class HFEngine(Engine):
         try:
             while True:
                 if matchers is not None:
-                    self._grammar_masks.apply(logits, [matchers[r] for r in live])
+                    self.grammar_masks.apply(logits, [matchers[r] for r in live])
                 tokens, logprobs = sample_next_tokens(logits, sampling.temperature, sampling.top_p, generator)
                 kept = []
                 for b, (r, token, logprob) in enumerate(zip(live, tokens.tolist(), logprobs.tolist())):
@@ -637,3 +654,9 @@ class HFEngine(Engine):
                 row.finish_reason, row.stop_reason = "stop", min(found)[1]
                 return True
         return len(row.token_ids) >= row.budget
+
+
+def allowed_tokens(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """xgrammar bitmasks [..., words] (int32) as booleans [..., vocab_size]: True where a token is allowed."""
+    shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)
+    return ((bitmask[..., None] >> shifts) & 1).flatten(-2)[..., :vocab_size].bool()

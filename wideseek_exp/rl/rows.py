@@ -79,13 +79,18 @@ class AgentRow:
     sampling_logprobs: list[float]  # logprob of each reply token when it was sampled, 0.0 elsewhere
     advantage: float = 0.0  # Â of the trajectory
     weight: float = 0.0  # w of each trained token (advantages.token_weights)
+    # replies decoded under a grammar (agent.tool_grammar): the mask each completion token was sampled under,
+    # as xgrammar bitmasks [completion tokens, words]; every token allowed elsewhere. None: no grammar at all
+    allowed: torch.Tensor | None = None
 
     @property
     def trained_tokens(self) -> int:
         return sum(self.trained_mask)
 
 
-def agent_row(agent: AgentRun, selected: Sequence[bool], trajectory: int) -> AgentRow:
+def agent_row(agent: AgentRun, selected: Sequence[bool], trajectory: int, masks=None) -> AgentRow:
+    """`masks` (engines.hf.GrammarMasks) replays the grammar of each turn decoded under one, so that the
+    trainer scores its tokens under the masks they were sampled under."""
     completion: list[int] = []
     trained: list[int] = []
     logprobs: list[float] = []
@@ -93,10 +98,20 @@ def agent_row(agent: AgentRun, selected: Sequence[bool], trajectory: int) -> Age
         completion += turn.response_ids + turn.followup_ids
         trained += [int(train_it)] * len(turn.response_ids) + [0] * len(turn.followup_ids)
         logprobs += list(turn.response_logprobs) + [0.0] * len(turn.followup_ids)
-    return AgentRow(trajectory, agent.role, list(agent.prompt_ids), completion, trained, logprobs)
+    row = AgentRow(trajectory, agent.role, list(agent.prompt_ids), completion, trained, logprobs)
+    if masks is not None and any(turn.grammar for turn in agent.turns):
+        words = -(-masks.vocab_size // 32)
+        row.allowed = torch.full((len(completion), words), -1, dtype=torch.int32)
+        position = 0
+        for turn in agent.turns:
+            if turn.grammar:
+                row.allowed[position: position + len(turn.response_ids)] = masks.replay(turn.grammar, turn.response_ids)
+            position += len(turn.response_ids) + len(turn.followup_ids)
+    return row
 
 
-def trajectory_rows(trajectory: Trajectory, index: int, succeeded: bool, turn_selection: bool = True) -> list[AgentRow]:
+def trajectory_rows(trajectory: Trajectory, index: int, succeeded: bool, turn_selection: bool = True,
+                    masks=None) -> list[AgentRow]:
     """One row per agent (the root first). `succeeded`: the reward found a valid table from a lead that
     finished. Without turn selection every reply of every agent is trained."""
     agents = trajectory.agents
@@ -104,7 +119,7 @@ def trajectory_rows(trajectory: Trajectory, index: int, succeeded: bool, turn_se
         selected = select_turns([AgentOutcome(len(a.turns), a.failure) for a in agents], succeeded)
     else:
         selected = [[True] * len(a.turns) for a in agents]
-    return [agent_row(agent, chosen, index) for agent, chosen in zip(agents, selected)]
+    return [agent_row(agent, chosen, index, masks) for agent, chosen in zip(agents, selected)]
 
 
 def padding_row(pad_token_id: int) -> AgentRow:
@@ -151,6 +166,13 @@ def collate(rows: Sequence[AgentRow], pad_token_id: int, device: torch.device | 
         "loss_weights": torch.tensor([row.weight for row in rows], dtype=torch.float64),
         "row_trajectory": torch.tensor([row.trajectory for row in rows], dtype=torch.long),
     }
+    if any(row.allowed is not None for row in rows):
+        words = next(row.allowed.shape[1] for row in rows if row.allowed is not None)
+        allowed = torch.full((count, completion_width, words), -1, dtype=torch.int32)
+        for r, row in enumerate(rows):
+            if row.allowed is not None:
+                allowed[r, : len(row.allowed)] = row.allowed
+        batch["allowed_tokens"] = allowed
     return {key: value.to(device) for key, value in batch.items()}
 
 
@@ -164,7 +186,8 @@ def trim_padding_columns(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     trimmed = dict(batch)
     for key in ("prompt_ids", "prompt_mask"):
         trimmed[key] = batch[key][:, prompt_start:]
-    for key in ("completion_ids", "completion_mask", "trained_mask", "old_per_token_logps", "ref_per_token_logps"):
+    for key in ("completion_ids", "completion_mask", "trained_mask", "old_per_token_logps", "ref_per_token_logps",
+                "allowed_tokens"):
         if key in batch:
             trimmed[key] = batch[key][:, :completion_end]
     return trimmed

@@ -156,6 +156,7 @@ class MultiAgentGRPOTrainer(GRPOTrainer):
         self.dual_clip = dual_clip
         self.forward_chunk_rows = forward_chunk_rows
         self._engine = None
+        self._masks = None  # grammar masks over the tokenizer, for an engine without its own (vLLM)
         self._loss_sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
 
     # ---- the policy as the rollout engine ----------------------------------------------------------
@@ -220,8 +221,9 @@ class MultiAgentGRPOTrainer(GRPOTrainer):
         step_rewards = accelerator.gather(local_rewards).cpu()
         advantages = group_advantages(step_rewards.view(-1, group)).view(-1)
 
+        masks = self._grammar_masks(trajectories)
         rows = [row for j, (trajectory, reward) in enumerate(zip(trajectories, rewards))
-                for row in trajectory_rows(trajectory, first_slot + j, reward.valid, self.turn_selection)
+                for row in trajectory_rows(trajectory, first_slot + j, reward.valid, self.turn_selection, masks)
                 if row.trained_tokens]
         # The weights need N_i and L_{i,a} over the whole step (token_mean and the ablations use step totals).
         row_counts = gather_object([len(rows)])
@@ -289,6 +291,51 @@ class MultiAgentGRPOTrainer(GRPOTrainer):
         by_key = {(trajectory.instance_id, trajectory.sample_index): trajectory for trajectory in trajectories}
         return [by_key[(tasks[task_index].instance_id, slot % group)] for slot, task_index in slots]
 
+    def _grammar_masks(self, trajectories: list[Trajectory]):
+        """What replays the reply grammars (agent.tool_grammar) for the rows, or None when no reply was decoded
+        under one: the engine's own masks (engine=hf), else the same masks built over the tokenizer."""
+        if not any(turn.grammar for trajectory in trajectories for agent in trajectory.agents for turn in agent.turns):
+            return None
+        masks = getattr(self._engine, "grammar_masks", None)
+        if masks is None:
+            if self._masks is None:
+                from wideseek_exp.engines.hf import GrammarMasks
+
+                config = self.accelerator.unwrap_model(self.model).config.get_text_config(decoder=True)
+                stops = {self.processing_class.convert_tokens_to_ids("<|im_end|>"), self.processing_class.eos_token_id}
+                self._masks = GrammarMasks(self.processing_class, int(config.vocab_size), stops - {None})
+            masks = self._masks
+        return masks
+
+    def _logps_and_entropies(self, model, batch: dict[str, torch.Tensor], compute_entropy: bool = False):
+        """log pi(token) of every completion token (and the entropy of pi), pi the sampling distribution at the
+        trainer's temperature. Rows decoded under a grammar are scored under the mask each token was sampled
+        under (batch["allowed_tokens"]), so that the importance ratio compares the same distributions: the
+        logits of the tokens the grammar ruled out are set to -inf before the softmax, as the engine did."""
+        input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        width = batch["completion_ids"].shape[1]
+        if "allowed_tokens" not in batch:
+            logps, entropies, _ = self._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, width, batch_size=self.forward_chunk_rows,
+                compute_entropy=compute_entropy)
+            return logps, entropies
+        from wideseek_exp.engines.hf import allowed_tokens
+
+        all_logps, all_entropies = [], []
+        for start in range(0, input_ids.shape[0], self.forward_chunk_rows):
+            end = start + self.forward_chunk_rows
+            with self.accelerator.autocast():
+                logits = model(input_ids=input_ids[start:end], attention_mask=attention_mask[start:end],
+                               logits_to_keep=width + 1).logits[:, :-1]
+            logits = logits.float() / self.temperature
+            allowed = allowed_tokens(batch["allowed_tokens"][start:end], logits.shape[-1])
+            logprobs = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+            all_logps.append(logprobs.gather(-1, batch["completion_ids"][start:end, :, None]).squeeze(-1))
+            if compute_entropy:
+                all_entropies.append(-(logprobs.exp() * logprobs.masked_fill(~allowed, 0.0)).sum(-1))
+        return torch.cat(all_logps), torch.cat(all_entropies) if compute_entropy else None
+
     @torch.no_grad()
     def _reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """log pi_ref of every completion token, a few rows at a time: the reference model, or with PEFT the
@@ -305,9 +352,7 @@ class MultiAgentGRPOTrainer(GRPOTrainer):
                 chunk = trim_padding_columns({key: value[start:start + self.forward_chunk_rows]
                                               for key, value in batch.items()})
                 width = chunk["completion_ids"].shape[1]
-                logps, _, _ = self._get_per_token_logps_and_entropies(
-                    model, torch.cat([chunk["prompt_ids"], chunk["completion_ids"]], dim=1),
-                    torch.cat([chunk["prompt_mask"], chunk["completion_mask"]], dim=1), width)
+                logps, _ = self._logps_and_entropies(model, chunk)
                 reference[start:start + self.forward_chunk_rows, :width] = logps
         return reference
 
@@ -315,14 +360,7 @@ class MultiAgentGRPOTrainer(GRPOTrainer):
 
     def _compute_loss(self, model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = trim_padding_columns(inputs)
-        logps, entropies, _ = self._get_per_token_logps_and_entropies(
-            model,
-            torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1),
-            torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1),
-            batch["completion_ids"].shape[1],
-            batch_size=self.forward_chunk_rows,
-            compute_entropy=True,
-        )
+        logps, entropies = self._logps_and_entropies(model, batch, compute_entropy=True)
         mask = batch["trained_mask"].bool()
         loss, flags = weighted_policy_loss(
             logps, batch["old_per_token_logps"], batch["advantages"], batch["loss_weights"], mask,
