@@ -9,12 +9,12 @@ and generated-token masks, and they are the demonstrations of the imitation warm
     lead      turn 1: one subagent finds the entity set ("Find the list of the <description>"); once more
                       if it found none
               then:   waves of at most W subagents, one entity each ("Find the page of the <noun>
-                      "<name>" (<url>) and report its <attributes>"), while turns remain
+                      "<name>" and report its <attributes>"), while turns remain
               last:   the markdown table; cells it has no report for stay empty
     subagent  list:   search the subtask as written (5 hits); read the one hit that is the list of exactly
-                      this set; report its member lines as the page writes them ("- [name](url)")
-              entity: search the subtask as written (3 hits); read the page the list linked (or the hit
-                      titled <name>); report the "Label: value" lines in the order asked
+                      this set; report its members, one "- <name>" line each
+              entity: search the subtask as written (3 hits); read the first hit titled <name>; report the
+                      "Label: value" lines in the order asked
 
 Every decision is one a small model can learn to copy: one call per turn, one page per access, reports
 that repeat lines of the page, thinking in fixed sentences. It reads whatever conversation it is given,
@@ -50,8 +50,9 @@ _LEAD_TURNS = re.compile(r"You have (\d+) turns in all")
 _TOOL_RESPONSE = re.compile(r"<tool_response>\n(.*?)\n</tool_response>", re.DOTALL)
 _SUBTASK_BLOCK = re.compile(r"^Subtask \d+: ", re.MULTILINE)
 _LIST_SUBTASK = re.compile(r"^Find the list of the (.+?)\. Report the name of every entry\.$")
-_ENTITY_SUBTASK = re.compile(r'^Find the page of the (.+?) "(.+)" \((\S+)\) and report its (.+)\.$')
-_MEMBER = re.compile(r"^- \[(.+)\]\((\S+)\)$")  # a list page's member line, as a list report repeats it
+_ENTITY_SUBTASK = re.compile(r'^Find the page of the (.+?) "(.+)" and report its (.+)\.$')
+_MEMBER = re.compile(r"^- \[(.+)\]\((\S+)\)$")  # a list page's member line: "- [name](url)"
+_REPORTED = re.compile(r"^- (.+)$")  # a member as a list report names it
 _QUERY = re.compile(r'^(?:Results for|No results for) "(.*)"[:.]$', re.MULTILINE)
 _HIT_FULL = re.compile(r"^\[\d+\] (.*)\nURL: (\S+)\n(.*)$", re.MULTILINE)
 
@@ -141,7 +142,7 @@ def lead_reply(chat: Conversation) -> str:
         return answer("I cannot read this task.", "The task is not one I know how to split.")
     width = int(m.group(1)) if (m := _WIDTH.search(chat.system)) else 1
     max_turns = int(m.group(1)) if (m := _LEAD_TURNS.search(chat.system)) else 10
-    members: list[tuple[str, str]] = []  # (name, url) from the list subagent
+    members: list[str] = []  # the names the list subagent reported
     facts: dict[str, dict[str, str]] = {}
     asked: set[str] = set()
     list_calls = 0
@@ -149,8 +150,7 @@ def lead_reply(chat: Conversation) -> str:
         if _LIST_SUBTASK.match(prompt):
             list_calls += 1
             if not members:
-                members = [(m.group(1), m.group(2)) for line in report.splitlines() if (m := _MEMBER.match(line))
-                           and "/list/" not in m.group(2)]
+                members = [m.group(1) for line in report.splitlines() if (m := _REPORTED.match(line))]
         elif entity := _ENTITY_SUBTASK.match(prompt):
             name = entity.group(2)
             asked.add(name)
@@ -162,15 +162,15 @@ def lead_reply(chat: Conversation) -> str:
         subtask = f"Find the list of the {spec.description}. Report the name of every entry."
         return tool_call("create_sub_agents", {"sub_agents": [{"prompt": subtask}]},
                          "First I need the whole set: one subagent finds the list.")
-    todo = [(name, url) for name, url in members if name not in asked]
+    todo = [name for name in members if name not in asked]
     if todo and not last_turn:
         attributes = _join(spec.columns[1:])
-        wave = [{"prompt": f'Find the page of the {spec.noun} "{name}" ({url}) and report its {attributes}.'}
-                for name, url in todo[:width]]
+        wave = [{"prompt": f'Find the page of the {spec.noun} "{name}" and report its {attributes}.'}
+                for name in todo[:width]]
         return tool_call("create_sub_agents", {"sub_agents": wave}, "Next, the entries still to look up.")
     header = "| " + " | ".join(spec.columns) + " |"
     lines = [header, "| " + " | ".join("---" for _ in spec.columns) + " |"]
-    for name, _ in members:
+    for name in members:
         cells = [name] + [facts.get(name, {}).get(column, "") for column in spec.columns[1:]]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     table = "```markdown\n" + "\n".join(lines) + "\n```"
@@ -212,7 +212,7 @@ def subagent_reply(chat: Conversation) -> str:
     if listing := _LIST_SUBTASK.match(subtask):
         return _list_reply(subtask, listing.group(1), seen)
     if entity := _ENTITY_SUBTASK.match(subtask):
-        return _entity_reply(subtask, entity.group(2), entity.group(3), _split_join(entity.group(4)), seen)
+        return _entity_reply(subtask, entity.group(2), _split_join(entity.group(3)), seen)
     return answer("I cannot do this subtask.", "The subtask is not one I know.")
 
 
@@ -228,7 +228,8 @@ def _list_reply(subtask: str, description: str, seen: _Seen) -> str:
     repaired with a query in the list pages' own wording."""
     for text in seen.pages.values():
         if _is_the_list(text, description):
-            members = [line for line in text.splitlines() if (m := _MEMBER.match(line)) and "/list/" not in m.group(2)]
+            members = ["- " + _unescape(m.group(1)) for line in text.splitlines()
+                       if (m := _MEMBER.match(line)) and "/list/" not in m.group(2)]
             return answer("\n".join(members), "This page is the list.")
     match = next((url for _, url, snippet in seen.hits if _is_the_list(snippet, description)
                   and url not in seen.pages), None)
@@ -241,26 +242,33 @@ def _list_reply(subtask: str, description: str, seen: _Seen) -> str:
     return answer("No list page found.", "None of the pages is the list.")
 
 
-def _entity_reply(subtask: str, name: str, page_url: str, attributes: list[str], seen: _Seen) -> str:
-    """Search the subtask as it reads (its name, URL words and attributes put the entity's page first for 96% of
-    the train tasks' entities, three hits each); read the page the list linked, or the hit titled with the
-    name, for the attributes; report "Label: value" lines in the order asked. Not found after a second search
-    (the name alone): report it missing rather than read another entity's page."""
-    for url, text in seen.pages.items():
-        if url == page_url or text.split("\n", 1)[0].strip().lower() == name.lower():
+def _titled(title: str, name: str) -> bool:
+    """A page title names the entity: "Kabul", or "Kabul, Afghanistan" for a city."""
+    return title.strip().lower().startswith(name.lower())
+
+
+def _entity_reply(subtask: str, name: str, attributes: list[str], seen: _Seen) -> str:
+    """Search the subtask as it reads (its name and attributes put the entity's page first for 95% of the train
+    tasks' entities, three hits each); read the first hit titled with the name (right for 97%), for the
+    attributes; report "Label: value" lines in the order asked. Not found after a second search (the name
+    alone): report it missing rather than read another entity's page."""
+    for text in seen.pages.values():
+        if _titled(text.split("\n", 1)[0], name):
             found = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
             lines = [f"{label}: {found[label]}" for label in attributes if label in found]
             return answer("\n".join([name, *lines]), "Report the facts.")
-    hits = [(title, url) for title, url, _ in seen.hits if "/list/" not in url and url not in seen.pages]
-    exact = [url for title, url in hits if url == page_url or title.strip().lower() == name.lower()]
-    if exact:
-        url = page_url if page_url in exact else exact[0]
-        return tool_call("access", {"urls": [{"url": url, "info_to_extract": _join(attributes)}]},
+    titled = [url for title, url, _ in seen.hits if "/list/" not in url and url not in seen.pages and _titled(title, name)]
+    if titled:
+        return tool_call("access", {"urls": [{"url": titled[0], "info_to_extract": _join(attributes)}]},
                          "Read the page.")
     for query, count in ((subtask, 3), (name, 5)):
         if query not in seen.queries:
             return tool_call("search", {"queries": [{"query": query, "count": count}]}, "Search for the page.")
     return answer(f"{name}\nNot found.", "The search found no page.")
+
+
+def _unescape(anchor: str) -> str:
+    return anchor.replace("\\[", "[").replace("\\]", "]")
 
 
 # --------------------------------------------------------------------------------------------- engine
