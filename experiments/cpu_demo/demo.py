@@ -1,18 +1,26 @@
-"""The CPU recipe: warm start, GRPO from it, then a width sweep of both, on the mini-web.
+"""The CPU recipe: warm start, GRPO from it, then a width sweep of the expert, the warm start and the GRPO
+policy, with the paired standard errors of their differences.
 
     python experiments/cpu_demo/demo.py            # or: make demo
 
 1. task=build: the world, the random tiny model and its imitation warm start (model=tiny; cached);
-2. task=train trainer=debug from the warm start on the TRAIN split -> <job>/final;
-3. a width sweep (+exp=width_sweep subagents=1,2,4,8 -m) on 12 TEST tasks of the scripted expert,
-   the warm start and the GRPO policy, each a multirun with one MLflow child run per width;
-4. prints item F1 per policy and width, logs them to one MLflow run (experiment cpu-demo) with the plot.
+2. task=train trainer=debug from the warm start on the TRAIN split -> <out>/train/final;
+3. a width sweep (+exp=width_sweep, W = 1, 2, 4, 8) on 40 TEST tasks (every 3rd: a spread over the
+   families, which the split stores one after the other), one trial each, for the scripted expert, the
+   warm start and the GRPO policy: one multirun per policy, one MLflow child run per width;
+4. prints item F1 per policy and width, each difference with its standard error paired over the tasks
+   (the standard error of the mean of the per-task differences), and the protocol funnel at W=4; writes
+   <out>/summary.json and logs it with the width plot to one MLflow run (experiment cpu-demo).
 
-Every job is an ordinary `run.py` command, printed before it runs. Seeds: seed=0 throughout.
+<out> is outputs/cpu_demo/<time>. Every job is an ordinary `run.py` command, printed before it runs.
+Seeds: seed=0 throughout.
 """
 
 from __future__ import annotations
 
+import csv
+import json
+import math
 import subprocess
 import sys
 import time
@@ -20,32 +28,35 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 WIDTHS = (1, 2, 4, 8)
-# 12 test tasks, every 10th (the split is stored family by family: its first 8 tasks are one family, whose
-# list pages the expert's searches miss), one trial each: CPU-sized
-EVAL = ("eval.stride=10", "eval.limit=12", "eval.samples=1")
-# 8 steps of 2 train tasks x 4 rollouts (a step takes 4-64 s: most rollouts end early); replies of up to 512
-# tokens, a table of about 20 rows
+EVAL = ("eval.stride=3", "eval.limit=40", "eval.samples=1")
+# GRPO at CPU size: steps of 2 train tasks x 4 rollouts, replies of up to 512 tokens
 TRAIN = ("trainer=debug", "trainer.max_steps=8", "trainer.tasks_per_step=2", "trainer.num_generations=4",
          "trainer.eval_every=0", "trainer.save_every=0", "model.max_reply_tokens=512", "eval.limit=2", "eval.samples=1")
+POLICIES = ("expert", "warm_start", "grpo")
+LABELS = {"expert": "scripted expert", "warm_start": "warm start (SFT)", "grpo": "GRPO"}
 
 
 def run(*args: str) -> None:
-    command = [sys.executable, "run.py", *args]
     print("$ python run.py " + " ".join(args), flush=True)
     started = time.perf_counter()
-    subprocess.run(command, cwd=REPO, check=True)
+    subprocess.run([sys.executable, "run.py", *args], cwd=REPO, check=True)
     print(f"  ({time.perf_counter() - started:.0f} s)", flush=True)
 
 
-def sweep_f1(experiment: str) -> dict[int, float]:
-    """Item F1 per width from the newest sweep's child runs (replaceable by the sweep summary CSV)."""
-    import mlflow
+def per_task_f1(folder: Path) -> dict[str, float]:
+    """instance_id -> item F1 (%) of one evaluation folder."""
+    with (folder / "per_task.csv").open(encoding="utf-8") as handle:
+        return {row["instance_id"]: 100 * float(row["item_f1_mean"]) for row in csv.DictReader(handle)}
 
-    runs = mlflow.search_runs(experiment_names=[experiment], order_by=["attributes.start_time DESC"])
-    runs = runs[runs["tags.mlflow.parentRunId"].notna()] if "tags.mlflow.parentRunId" in runs else runs
-    newest = runs[runs["tags.mlflow.parentRunId"] == runs["tags.mlflow.parentRunId"].iloc[0]]
-    # the metric is a fraction; the tables print percent
-    return {int(w): 100 * float(f1) for w, f1 in zip(newest["params.cfg.subagents"], newest["metrics.eval.item_f1_avg"])}
+
+def paired(a: dict[str, float], b: dict[str, float]) -> tuple[float, float]:
+    """(mean of a - b, its standard error), paired over the tasks both hold."""
+    diffs = [a[k] - b[k] for k in a if k in b]
+    mean = sum(diffs) / len(diffs)
+    if len(diffs) < 2:
+        return mean, float("nan")
+    variance = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    return mean, math.sqrt(variance / len(diffs))
 
 
 def main() -> None:
@@ -55,45 +66,74 @@ def main() -> None:
     import matplotlib.pyplot as plt
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{REPO / 'mlflow.db'}")
     started = time.perf_counter()
+    out = REPO / "outputs" / "cpu_demo" / time.strftime("%Y-%m-%d_%H-%M-%S")
     run("task=build")
-    train_dir = REPO / "outputs" / "cpu_demo" / time.strftime("%Y-%m-%d_%H-%M-%S") / "train"
-    run("task=train", *TRAIN, "tracking.experiment=cpu-demo-train", f"hydra.run.dir={train_dir}")
-    policies = {
-        "scripted expert": ("agent.policy=scripted",),
-        "warm start (SFT)": ("model=tiny",),
-        "GRPO": ("model=tiny", "model.source=local", f"model.path={train_dir / 'final'}"),
+    run("task=train", *TRAIN, "tracking.experiment=cpu-demo-train", f"hydra.run.dir={out / 'train'}")
+    overrides = {"expert": ("agent.policy=scripted",), "warm_start": ("model=tiny",),
+                 "grpo": ("model=tiny", "model.source=local", f"model.path={out / 'train' / 'final'}")}
+    per_task: dict[str, dict[int, dict[str, float]]] = {}
+    funnel: dict[str, dict[str, float]] = {}
+    for policy in POLICIES:
+        sweep = out / "eval" / policy
+        run("+exp=width_sweep", *EVAL, *overrides[policy], f"tracking.experiment=cpu-demo-{policy}",
+            f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=w${subagents}", "-m")
+        per_task[policy] = {w: per_task_f1(sweep / f"w{w}") for w in WIDTHS}
+        metrics = json.loads((sweep / "w4" / "metrics.json").read_text())["metrics"]
+        funnel[policy] = {k.removeprefix("funnel."): round(100 * v, 1) for k, v in metrics.items()
+                          if k.startswith("funnel.")}
+    item_f1 = {p: {str(w): round(sum(t.values()) / len(t), 1) for w, t in per_task[p].items()} for p in POLICIES}
+    differences = {
+        "grpo_vs_warm_w4": paired(per_task["grpo"][4], per_task["warm_start"][4]),
+        "grpo_w8_vs_w1": paired(per_task["grpo"][8], per_task["grpo"][1]),
+        "warm_w8_vs_w1": paired(per_task["warm_start"][8], per_task["warm_start"][1]),
+        "expert_w8_vs_w1": paired(per_task["expert"][8], per_task["expert"][1]),
+        **{f"grpo_vs_warm_w{w}": paired(per_task["grpo"][w], per_task["warm_start"][w]) for w in WIDTHS if w != 4},
+        **{f"grpo_w{b}_vs_w{a}": paired(per_task["grpo"][b], per_task["grpo"][a])
+           for a, b in zip(WIDTHS, WIDTHS[1:])},
     }
-    results = {}
-    for name, overrides in policies.items():
-        experiment = "cpu-demo-" + name.split()[0].lower()
-        run("+exp=width_sweep", *EVAL, *overrides, f"tracking.experiment={experiment}", "-m")
-        results[name] = sweep_f1(experiment)
+    tasks = len(per_task["expert"][4])
+    wall = time.perf_counter() - started
+    summary = {"item_f1": item_f1, "paired_se": {k: round(se, 2) for k, (_, se) in differences.items()},
+               "difference": {k: round(d, 2) for k, (d, _) in differences.items()}, "funnel": funnel,
+               "tasks": tasks, "wall_seconds": round(wall)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
-    print("\nitem F1 (avg@1, %) on every 10th test task (12 tasks), seed 0")
+    print(f"\nitem F1 (avg@1, %) on {tasks} test tasks (every 3rd), seed 0")
     print("| policy | " + " | ".join(f"W={w}" for w in WIDTHS) + " |")
     print("|---|" + "---|" * len(WIDTHS))
-    for name, f1 in results.items():
-        print(f"| {name} | " + " | ".join(f"{f1.get(w, float('nan')):.1f}" for w in WIDTHS) + " |")
+    for policy in POLICIES:
+        print(f"| {LABELS[policy]} | " + " | ".join(f"{item_f1[policy][str(w)]:.1f}" for w in WIDTHS) + " |")
+    print("\ndifferences, with the standard error paired over the tasks:")
+    for name, (difference, se) in differences.items():
+        print(f"  {name}: {difference:+.1f} +- {se:.1f} ({difference / se if se else float('inf'):+.1f} SE)")
+    print("\nprotocol funnel at W=4 (% of trials through each stage):")
+    stages = list(funnel["expert"])
+    print("| policy | " + " | ".join(stages) + " |")
+    print("|---|" + "---|" * len(stages))
+    for policy in POLICIES:
+        print(f"| {LABELS[policy]} | " + " | ".join(f"{funnel[policy].get(s, 0):.1f}" for s in stages) + " |")
+
     figure, axes = plt.subplots(figsize=(5, 3.5))
-    for name, f1 in results.items():
-        axes.plot(WIDTHS, [f1.get(w, float("nan")) for w in WIDTHS], marker="o", label=name)
+    for policy in POLICIES:
+        axes.plot(WIDTHS, [item_f1[policy][str(w)] for w in WIDTHS], marker="o", label=LABELS[policy])
     axes.set(xscale="log", xticks=WIDTHS, xticklabels=[str(w) for w in WIDTHS], xlabel="width W (subagents per call)",
-             ylabel="item F1 avg (%)", title="mini-web test split")
+             ylabel="item F1 avg (%)", title=f"mini-web test split, {tasks} tasks")
     axes.legend()
-    plot = REPO / "outputs" / "cpu_demo" / "width_scaling.png"
-    plot.parent.mkdir(parents=True, exist_ok=True)
+    plot = out / "width_scaling.png"
     figure.tight_layout()
     figure.savefig(plot, dpi=120)
+    mlflow.set_tracking_uri(f"sqlite:///{REPO / 'mlflow.db'}")
     mlflow.set_experiment("cpu-demo")
     with mlflow.start_run(run_name="cpu-demo"):
-        for name, f1 in results.items():
-            key = name.split()[0].lower()
-            for width, value in f1.items():
-                mlflow.log_metric(f"item_f1.{key}.w{width}", value)
+        for policy in POLICIES:
+            for width, value in item_f1[policy].items():
+                mlflow.log_metric(f"item_f1.{policy}.w{width}", value)
+        for name, (difference, se) in differences.items():
+            mlflow.log_metrics({f"difference.{name}": difference, f"paired_se.{name}": se})
         mlflow.log_artifact(str(plot))
-    print(f"plot: {plot}\ntotal {time.perf_counter() - started:.0f} s")
+        mlflow.log_artifact(str(out / "summary.json"))
+    print(f"\nsummary: {out / 'summary.json'}\nplot: {plot}\ntotal {wall:.0f} s")
 
 
 if __name__ == "__main__":

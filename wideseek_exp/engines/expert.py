@@ -9,7 +9,7 @@ and generated-token masks, and they are the demonstrations of the imitation warm
     lead      turn 1: one subagent finds the entity set ("Find the list of the <description>"); once more
                       if it found none
               then:   waves of at most W subagents, one entity each ("Find the page of the <noun>
-                      "<name>" and report its <attributes>"), while turns remain
+                      [<name>] and report its <attributes>"), while turns remain
               last:   the markdown table; cells it has no report for stay empty
     subagent  list:   search the subtask as written (5 hits); read the one hit that is the list of exactly
                       this set; report its members, one "- <name>" line each
@@ -50,7 +50,9 @@ _LEAD_TURNS = re.compile(r"You have (\d+) turns in all")
 _TOOL_RESPONSE = re.compile(r"<tool_response>\n(.*?)\n</tool_response>", re.DOTALL)
 _SUBTASK_BLOCK = re.compile(r"^Subtask \d+: ", re.MULTILINE)
 _LIST_SUBTASK = re.compile(r"^Find the list of the (.+?)\. Report the name of every entry\.$")
-_ENTITY_SUBTASK = re.compile(r'^Find the page of the (.+?) "(.+)" and report its (.+)\.$')
+# The name in brackets, not quotes: a tool call writes the subtask as JSON, where a quote becomes \" and the
+# copy of what follows it from the plain-text list report loses its anchor.
+_ENTITY_SUBTASK = re.compile(r"^Find the page of the (.+?) \[(.+)\] and report its (.+)\.$")
 _MEMBER = re.compile(r"^- \[(.+)\]\((\S+)\)$")  # a list page's member line: "- [name](url)"
 _REPORTED = re.compile(r"^- (.+)$")  # a member as a list report names it
 _QUERY = re.compile(r'^(?:Results for|No results for) "(.*)"[:.]$', re.MULTILINE)
@@ -165,7 +167,7 @@ def lead_reply(chat: Conversation) -> str:
     todo = [name for name in members if name not in asked]
     if todo and not last_turn:
         attributes = _join(spec.columns[1:])
-        wave = [{"prompt": f'Find the page of the {spec.noun} "{name}" and report its {attributes}.'}
+        wave = [{"prompt": f"Find the page of the {spec.noun} [{name}] and report its {attributes}."}
                 for name in todo[:width]]
         return tool_call("create_sub_agents", {"sub_agents": wave}, "Next, the entries still to look up.")
     header = "| " + " | ".join(spec.columns) + " |"

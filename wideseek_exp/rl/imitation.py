@@ -357,6 +357,8 @@ def fit(model, tokenizer, rows: list[dict], sft, steps: int, learning_rate: floa
     from trl import SFTConfig, SFTTrainer
 
     losses: list[float] = []
+    if steps <= 0:  # (a trainer given max_steps=0 would run whole epochs instead)
+        return losses
 
     class Record(TrainerCallback):
         """Each step's loss into `losses` and MLflow, and a progress line (in place of TRL's dict per step)."""
@@ -429,9 +431,10 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> di
                  "sft: imitation", log_metrics)
     stats["train_seconds"] = round(time.perf_counter() - started, 2)
     stats["steps"] = len(losses)
-    stats["loss_first"], stats["loss_last"] = _head_and_tail(losses)
-    print(f"sft: {stats['steps']} steps in {stats['train_seconds']} s, loss {stats['loss_first']} -> "
-          f"{stats['loss_last']}", flush=True)
+    if losses:
+        stats["loss_first"], stats["loss_last"] = _head_and_tail(losses)
+        print(f"sft: {stats['steps']} steps in {stats['train_seconds']} s, loss {stats['loss_first']} -> "
+              f"{stats['loss_last']}", flush=True)
 
     # On-policy rounds: new train tasks each round (after the expert's), rows aggregated over the rounds.
     pool = tasks[len(expert_tasks):] or tasks
