@@ -135,12 +135,14 @@ def test_every_reply_sampled_under_the_mask_parses_into_a_valid_call_or_an_answe
     assert calls > 0
 
 
-def test_the_experts_replies_lie_in_the_grammar_of_their_turn(compiler):
-    """The expert's whole rollouts under tool_grammar=seen_urls: every reply of every agent is admitted by
-    the grammar its turn recorded (the URLs it reads are among those its searches showed)."""
+@pytest.mark.parametrize("mode", ["seen_urls", "grounded"])
+def test_the_experts_replies_lie_in_the_grammar_of_their_turn(compiler, mode):
+    """The expert's whole rollouts under tool_grammar=seen_urls and grounded: every reply of every agent is
+    admitted by the grammar its turn recorded (the URLs it reads are among those its searches showed; a
+    subagent's report is made of lines it read)."""
     cfg = world_config()
     tasks = list(load_task_set(cfg.data, "train"))[::50][:6]
-    agent = OmegaConf.merge(cfg.agent, {"max_reply_tokens": 4096, "tool_grammar": "seen_urls"})
+    agent = OmegaConf.merge(cfg.agent, {"max_reply_tokens": 4096, "tool_grammar": mode})
     tokenizer = tiny_tokenizer()
     trajectories = run_rollouts(tasks, 1, ExpertEngine(tokenizer), make_search_backend(cfg), tokenizer, agent,
                                 cfg.search, seed=0)
@@ -199,3 +201,14 @@ def test_a_bad_mode_is_one_line_naming_the_key(tokenizer):
     with pytest.raises(WideseekError, match="agent.tool_grammar"):
         check_mode("strict")
     assert json.loads(json.dumps(grammar("lead")))  # a plain string, storable in a trajectory
+
+
+def test_a_grounded_report_is_made_of_whole_lines_the_subagent_read(compiler):
+    lines = ["Cuba", "Capital: Havana", "Population: 11210064"]
+    ebnf = reply_grammar("subagent", width=3, max_queries=2, max_urls=2, thinking=True, seen_urls=SEEN,
+                         answer_lines=lines)
+    assert admits(compiler, ebnf, answer("Cuba\nCapital: Havana", "Report."))
+    assert admits(compiler, ebnf, answer("", "Nothing."))
+    assert not admits(compiler, ebnf, answer("Cuba\nCapital: Havana City", "Report."))  # not a line it read
+    assert not admits(compiler, ebnf, answer("Capital: Hav", "Report."))  # part of a line
+    assert admits(compiler, ebnf, tool_call("search", {"queries": [{"query": "Cuba"}]}, "S."))  # calls as before

@@ -158,6 +158,7 @@ class _AgentState:
     run: AgentRun
     seen_urls: set[str] = field(default_factory=set)  # normalised URLs from this agent's search results
     shown_urls: dict[str, None] = field(default_factory=dict)  # those URLs as the results showed them, in order
+    result_lines: dict[str, None] = field(default_factory=dict)  # the lines of its tool results, in order
     recent_calls: list[str] = field(default_factory=list)
 
 
@@ -269,6 +270,7 @@ class Episode:
                 break
 
             result = await self.run_tool(agent, parsed.call, turn_number)
+            agent.result_lines.update(dict.fromkeys(line for line in result.splitlines() if line.strip()))
             turn.tool_result = neutralize(prompts.with_turn_hint(result, self.language, turn_number + 1, max_turns))
             followup = chat.followup_ids(turn.tool_result, response)
             if len(context) + len(response) + len(followup) >= max_context:
@@ -281,9 +283,11 @@ class Episode:
     def grammar(self, agent: _AgentState) -> str:
         """The reply grammar of this agent's next turn (agent.tool_grammar)."""
         limits = self.rollout.limits
-        seen = list(agent.shown_urls) if limits.tool_grammar == "seen_urls" else None
+        seen = list(agent.shown_urls) if limits.tool_grammar in ("seen_urls", "grounded") else None
+        grounded = limits.tool_grammar == "grounded" and agent.run.role == SUBAGENT
         return reply_grammar(agent.run.role, width=limits.width, max_queries=limits.max_queries,
-                             max_urls=limits.max_urls, thinking=limits.thinking, seen_urls=seen)
+                             max_urls=limits.max_urls, thinking=limits.thinking, seen_urls=seen,
+                             answer_lines=list(agent.result_lines) if grounded else None)
 
     def _repeats(self, agent: _AgentState, call: ToolCall) -> bool:
         """True when this call is the `repeat_call_limit`-th identical call in a row."""

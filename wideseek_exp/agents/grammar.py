@@ -16,6 +16,10 @@ at most W subagents, max_queries queries, max_urls pages per call, non-empty str
 tool_grammar=seen_urls an access URL is one of the URLs of the agent's own search results, and an
 agent that has searched nothing cannot call access at all; that is the rule the access tool enforces
 anyway (rollout: only URLs from the agent's own results are read), moved into decoding.
+tool_grammar=grounded also grounds a subagent's final report in what it read: the report is made of whole
+lines of its tool results (the turn hints left out), or is empty. An extraction subagent reports facts it
+found, and a small model then cannot misspell or invent the name or the number it copies; it can only
+choose the wrong line. The lead's final table is never grounded: it assembles, not copies.
 
 Every reply the grammar admits parses (agents/parser.py) into a valid call of the role or into a
 final answer: tests/test_agents_grammar.py checks it on the expert's calls and on replies sampled
@@ -30,7 +34,7 @@ import json
 from wideseek_exp import WideseekError
 from wideseek_exp.agents.tools import ACCESS, CREATE_SUB_AGENTS, LEAD, SEARCH, SINGLE, SUBAGENT
 
-MODES = ("off", "schema", "seen_urls")
+MODES = ("off", "schema", "seen_urls", "grounded")
 
 # A JSON string's characters: anything but a quote, a backslash or a control character, or an escape; and no
 # "<t" or "</t", so that no string opens or closes a think block or a tool call for the parser.
@@ -60,9 +64,10 @@ def _call(name: str, arguments: str) -> str:
 
 
 def reply_grammar(role: str, *, width: int, max_queries: int, max_urls: int, thinking: bool,
-                  seen_urls: list[str] | None = None) -> str:
+                  seen_urls: list[str] | None = None, answer_lines: list[str] | None = None) -> str:
     """The EBNF of one reply of `role`. `seen_urls`: None admits any URL (tool_grammar=schema); a list
-    admits only those (seen_urls; an empty list: no access call)."""
+    admits only those (seen_urls; an empty list: no access call). `answer_lines` (tool_grammar=grounded, for
+    a subagent): a final answer is made of these lines, each whole, or is empty."""
     rules = [_JSON_TEXT]
     calls = []
     if seen_urls is None:
@@ -87,7 +92,14 @@ def reply_grammar(role: str, *, width: int, max_queries: int, max_urls: int, thi
         raise WideseekError(f"unknown role {role!r} for a reply grammar")
     rules.append("call ::= " + " | ".join(f"({c})" for c in calls))
     rules.append('tool_call ::= "<tool_call>\\n" call "\\n</tool_call>"')
-    rules += [_ANSWER, _THOUGHT]
+    if answer_lines is None:
+        rules.append(_ANSWER)
+    else:
+        lines = [line for line in dict.fromkeys(answer_lines) if line and "<" not in line]
+        rules.append('answer ::= ("" | line ("\\n" line)*)' if lines else 'answer ::= ""')
+        if lines:
+            rules.append("line ::= " + " | ".join(_literal(line) for line in lines))
+    rules.append(_THOUGHT)
     head = '"<think>\\n" thought "\\n</think>\\n\\n" ' if thinking else ""
     return "\n".join([f"root ::= {head}(tool_call | answer)", *rules]) + "\n"
 

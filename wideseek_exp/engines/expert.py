@@ -12,9 +12,12 @@ and generated-token masks, and they are the demonstrations of the imitation warm
                       [<name>] and report its <attributes>"), while turns remain
               last:   the markdown table; cells it has no report for stay empty
     subagent  list:   search the subtask as written (5 hits); read the one hit that is the list of exactly
-                      this set; report its members, one "- <name>" line each
+                      this set; report its member lines as the page writes them ("- [name](url)")
               entity: search the subtask as written (3 hits); read the first hit titled <name>; report the
-                      "Label: value" lines in the order asked
+                      page's title and "Label: value" lines in the order asked
+
+Every report is made of lines of what the subagent read, and one that found nothing reports nothing (an
+empty report): the reports agent.tool_grammar=grounded admits.
 
 Every decision is one a small model can learn to copy: one call per turn, one page per access, reports
 that repeat lines of the page, thinking in fixed sentences. It reads whatever conversation it is given,
@@ -54,7 +57,6 @@ _LIST_SUBTASK = re.compile(r"^Find the list of the (.+?)\. Report the name of ev
 # copy of what follows it from the plain-text list report loses its anchor.
 _ENTITY_SUBTASK = re.compile(r"^Find the page of the (.+?) \[(.+)\] and report its (.+)\.$")
 _MEMBER = re.compile(r"^- \[(.+)\]\((\S+)\)$")  # a list page's member line: "- [name](url)"
-_REPORTED = re.compile(r"^- (.+)$")  # a member as a list report names it
 _QUERY = re.compile(r'^(?:Results for|No results for) "(.*)"[:.]$', re.MULTILINE)
 _HIT_FULL = re.compile(r"^\[\d+\] (.*)\nURL: (\S+)\n(.*)$", re.MULTILINE)
 
@@ -152,7 +154,8 @@ def lead_reply(chat: Conversation) -> str:
         if _LIST_SUBTASK.match(prompt):
             list_calls += 1
             if not members:
-                members = [m.group(1) for line in report.splitlines() if (m := _REPORTED.match(line))]
+                members = [_unescape(m.group(1)) for line in report.splitlines()
+                           if (m := _MEMBER.match(line)) and "/list/" not in m.group(2)]
         elif entity := _ENTITY_SUBTASK.match(prompt):
             name = entity.group(2)
             asked.add(name)
@@ -215,7 +218,7 @@ def subagent_reply(chat: Conversation) -> str:
         return _list_reply(subtask, listing.group(1), seen)
     if entity := _ENTITY_SUBTASK.match(subtask):
         return _entity_reply(subtask, entity.group(2), _split_join(entity.group(3)), seen)
-    return answer("I cannot do this subtask.", "The subtask is not one I know.")
+    return answer("", "The subtask is not one I know.")
 
 
 def _is_the_list(text: str, description: str) -> bool:
@@ -230,8 +233,7 @@ def _list_reply(subtask: str, description: str, seen: _Seen) -> str:
     repaired with a query in the list pages' own wording."""
     for text in seen.pages.values():
         if _is_the_list(text, description):
-            members = ["- " + _unescape(m.group(1)) for line in text.splitlines()
-                       if (m := _MEMBER.match(line)) and "/list/" not in m.group(2)]
+            members = [line for line in text.splitlines() if (m := _MEMBER.match(line)) and "/list/" not in m.group(2)]
             return answer("\n".join(members), "This page is the list.")
     match = next((url for _, url, snippet in seen.hits if _is_the_list(snippet, description)
                   and url not in seen.pages), None)
@@ -241,7 +243,7 @@ def _list_reply(subtask: str, description: str, seen: _Seen) -> str:
     for query, count in ((subtask, 5), (f"This list names entries, the {description}.", 10)):
         if query not in seen.queries:
             return tool_call("search", {"queries": [{"query": query, "count": count}]}, "Search for the list page.")
-    return answer("No list page found.", "None of the pages is the list.")
+    return answer("", "None of the pages is the list.")
 
 
 def _titled(title: str, name: str) -> bool:
@@ -252,13 +254,13 @@ def _titled(title: str, name: str) -> bool:
 def _entity_reply(subtask: str, name: str, attributes: list[str], seen: _Seen) -> str:
     """Search the subtask as it reads (its name and attributes put the entity's page first for 95% of the train
     tasks' entities, three hits each); read the first hit titled with the name (right for 97%), for the
-    attributes; report "Label: value" lines in the order asked. Not found after a second search (the name
-    alone): report it missing rather than read another entity's page."""
+    attributes; report the page's title and its "Label: value" lines in the order asked. Not found after a
+    second search (the name alone): an empty report rather than another entity's page."""
     for text in seen.pages.values():
         if _titled(text.split("\n", 1)[0], name):
             found = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
             lines = [f"{label}: {found[label]}" for label in attributes if label in found]
-            return answer("\n".join([name, *lines]), "Report the facts.")
+            return answer("\n".join([text.split("\n", 1)[0], *lines]), "Report the facts.")
     titled = [url for title, url, _ in seen.hits if "/list/" not in url and url not in seen.pages and _titled(title, name)]
     if titled:
         return tool_call("access", {"urls": [{"url": titled[0], "info_to_extract": _join(attributes)}]},
@@ -266,7 +268,7 @@ def _entity_reply(subtask: str, name: str, attributes: list[str], seen: _Seen) -
     for query, count in ((subtask, 3), (name, 5)):
         if query not in seen.queries:
             return tool_call("search", {"queries": [{"query": query, "count": count}]}, "Search for the page.")
-    return answer(f"{name}\nNot found.", "The search found no page.")
+    return answer("", "The search found no page.")
 
 
 def _unescape(anchor: str) -> str:
