@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from wideseek_exp.agents import prompts
-from wideseek_exp.agents.grammar import check_mode, reply_grammar
+from wideseek_exp.agents.grammar import check_mode, reply_grammar, report_fields
 from wideseek_exp.agents.parser import (
     CallLimits,
     ToolCall,
@@ -159,6 +159,7 @@ class _AgentState:
     seen_urls: set[str] = field(default_factory=set)  # normalised URLs from this agent's search results
     shown_urls: dict[str, None] = field(default_factory=dict)  # those URLs as the results showed them, in order
     result_lines: dict[str, None] = field(default_factory=dict)  # the lines of its tool results, in order
+    reports: list[str] = field(default_factory=list)  # a lead's: its subagents' final reports, in order
     recent_calls: list[str] = field(default_factory=list)
 
 
@@ -284,10 +285,13 @@ class Episode:
         """The reply grammar of this agent's next turn (agent.tool_grammar)."""
         limits = self.rollout.limits
         seen = list(agent.shown_urls) if limits.tool_grammar in ("seen_urls", "grounded") else None
-        grounded = limits.tool_grammar == "grounded" and agent.run.role == SUBAGENT
+        grounded = limits.tool_grammar == "grounded"
+        table = grounded and agent.run.role == LEAD and self.table
         return reply_grammar(agent.run.role, width=limits.width, max_queries=limits.max_queries,
                              max_urls=limits.max_urls, thinking=limits.thinking, seen_urls=seen,
-                             answer_lines=list(agent.result_lines) if grounded else None)
+                             answer_lines=list(agent.result_lines) if grounded and agent.run.role == SUBAGENT else None,
+                             table_columns=list(self.task.gold_columns) if table else None,
+                             table_cells=report_fields(agent.reports) if table else None)
 
     def _repeats(self, agent: _AgentState, call: ToolCall) -> bool:
         """True when this call is the `repeat_call_limit`-th identical call in a row."""
@@ -300,7 +304,7 @@ class Episode:
 
     async def run_tool(self, agent: _AgentState, call: ToolCall, turn_number: int) -> str:
         if call.name == CREATE_SUB_AGENTS:
-            return await self.create_sub_agents(agent.run, [entry["prompt"] for entry in call.arguments["sub_agents"]])
+            return await self.create_sub_agents(agent, [entry["prompt"] for entry in call.arguments["sub_agents"]])
         # The single agent's one query / one URL takes the same path as a subagent's list.
         if call.name == SEARCH:
             return await self.search(agent, call.arguments.get("queries", [call.arguments]))
@@ -308,7 +312,8 @@ class Episode:
             return await self.access(agent, call.arguments.get("urls", [call.arguments]), turn_number)
         raise AssertionError(f"the parser passed an unknown tool {call.name!r}")
 
-    async def create_sub_agents(self, lead: AgentRun, subtasks: list[str]) -> str:
+    async def create_sub_agents(self, state: _AgentState, subtasks: list[str]) -> str:
+        lead = state.run
         self.lead_calls += 1
         self.subagent_count += len(subtasks)
         limits = self.rollout.limits
@@ -319,6 +324,7 @@ class Episode:
                            prompts.subagent_user_message(self.language, self.task.query, subtask))
             for number, subtask in enumerate(subtasks, start=1)
         ])
+        state.reports += [run.final_text for run in runs if run.final_text]
         return prompts.subagent_reports(self.language, [(run.subtask, run.final_text, run.failure) for run in runs])
 
     async def search(self, agent: _AgentState, items: list[dict]) -> str:

@@ -19,7 +19,10 @@ anyway (rollout: only URLs from the agent's own results are read), moved into de
 tool_grammar=grounded also grounds a subagent's final report in what it read: the report is made of whole
 lines of its tool results (the turn hints left out), or is empty. An extraction subagent reports facts it
 found, and a small model then cannot misspell or invent the name or the number it copies; it can only
-choose the wrong line. The lead's final table is never grounded: it assembles, not copies.
+choose the wrong line. The lead's final table, on a table task, is the markdown table with exactly the
+columns the task names, in their order, and each cell one of the values its subagents reported (the value
+after "Label: " on a line of a report, or a link's text) or empty: the lead assembles, and cannot garble
+what it assembles.
 
 Every reply the grammar admits parses (agents/parser.py) into a valid call of the role or into a
 final answer: tests/test_agents_grammar.py checks it on the expert's calls and on replies sampled
@@ -30,11 +33,13 @@ complete.
 from __future__ import annotations
 
 import json
+import re
 
 from wideseek_exp import WideseekError
 from wideseek_exp.agents.tools import ACCESS, CREATE_SUB_AGENTS, LEAD, SEARCH, SINGLE, SUBAGENT
 
 MODES = ("off", "schema", "seen_urls", "grounded")
+_LINK_TEXT = re.compile(r"\[((?:[^\]\\]|\\.)+)\]\(")
 
 # A JSON string's characters: anything but a quote, a backslash or a control character, or an escape; and no
 # "<t" or "</t", so that no string opens or closes a think block or a tool call for the parser.
@@ -64,10 +69,13 @@ def _call(name: str, arguments: str) -> str:
 
 
 def reply_grammar(role: str, *, width: int, max_queries: int, max_urls: int, thinking: bool,
-                  seen_urls: list[str] | None = None, answer_lines: list[str] | None = None) -> str:
+                  seen_urls: list[str] | None = None, answer_lines: list[str] | None = None,
+                  table_columns: list[str] | None = None, table_cells: list[str] | None = None) -> str:
     """The EBNF of one reply of `role`. `seen_urls`: None admits any URL (tool_grammar=schema); a list
     admits only those (seen_urls; an empty list: no access call). `answer_lines` (tool_grammar=grounded, for
-    a subagent): a final answer is made of these lines, each whole, or is empty."""
+    a subagent): a final answer is made of these lines, each whole, or is empty. `table_columns` and
+    `table_cells` (grounded, the lead of a table task): the final answer is the ```markdown table with exactly
+    these columns, each cell one of `table_cells` or empty."""
     rules = [_JSON_TEXT]
     calls = []
     if seen_urls is None:
@@ -92,7 +100,15 @@ def reply_grammar(role: str, *, width: int, max_queries: int, max_urls: int, thi
         raise WideseekError(f"unknown role {role!r} for a reply grammar")
     rules.append("call ::= " + " | ".join(f"({c})" for c in calls))
     rules.append('tool_call ::= "<tool_call>\\n" call "\\n</tool_call>"')
-    if answer_lines is None:
+    if table_columns:
+        cells = [c for c in dict.fromkeys(table_cells or []) if c and "<" not in c and "\n" not in c]
+        rules.append("cell ::= " + " | ".join(['""', *(_literal(c) for c in cells)]))
+        header = "| " + " | ".join(table_columns) + " |"
+        separator = "| " + " | ".join("---" for _ in table_columns) + " |"
+        row = '"| " cell' + ' " | " cell' * (len(table_columns) - 1) + ' " |"'
+        rules.append(f'answer ::= "```markdown\\n" {_literal(header)} "\\n" {_literal(separator)} ("\\n" row)* "\\n```"')
+        rules.append(f"row ::= {row}")
+    elif answer_lines is None:
         rules.append(_ANSWER)
     else:
         lines = [line for line in dict.fromkeys(answer_lines) if line and "<" not in line]
@@ -108,3 +124,16 @@ def check_mode(mode: str) -> str:
     if mode not in MODES:
         raise WideseekError(f"config key 'agent.tool_grammar' must be one of {', '.join(MODES)} (got {mode!r})")
     return mode
+
+
+def report_fields(reports: list[str]) -> list[str]:
+    """The values subagents' reports offer a table cell: the value after "Label: " on a line, and the text of
+    each markdown link "[text](url)" (also unescaped), in order of appearance ("|" escaped, as a cell writes
+    it)."""
+    fields = []
+    for line in "\n".join(reports).splitlines():
+        if ": " in line:
+            fields.append(line.split(": ", 1)[1].strip())
+        for anchor in _LINK_TEXT.findall(line):
+            fields += [anchor, anchor.replace("\\[", "[").replace("\\]", "]")]
+    return [f.replace("|", "\\|") for f in fields if f]
