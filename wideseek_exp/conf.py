@@ -328,7 +328,7 @@ class SftConfig:
     were sized on a 2-core CPU; the build's time and what each setting bought are measured in
     experiments/cpu_demo/README.md."""
 
-    tasks: int = 64  # train tasks the expert plays (0: all 497)
+    tasks: int = 128  # train tasks the expert plays (0: all 497)
     max_length: int = 6144  # tokens per row
     # agent: one row per agent, its whole context (prompt, tool results, every reply; loss on the replies),
     # cut to its first max_length tokens: each reply is trained after exactly what inference shows it (the
@@ -348,9 +348,9 @@ class SftConfig:
     # warm start evaluates one model (it is the lead's W in its prompt, so the warm start sees W=4 only)
     width: int = 4
     expert_max_reply_tokens: int = 4096  # the expert's own reply budget (its final tables are long)
-    # one row per step (rows run from a few hundred to 6144 tokens: no padding); the default steps are two
-    # passes over the default tasks' rows (lead, list subagent, 2 entity subagents each)
-    max_steps: int = 460
+    # one row per step (rows run from a few hundred to 6144 tokens: no padding); the default steps are about
+    # two passes over the default tasks' 500 rows (lead, list subagent, 2 entity subagents each)
+    max_steps: int = 920
     batch_size: int = 1
     learning_rate: float = 1.0e-3  # a 5M-parameter model from random weights takes a large step
     warmup_ratio: float = 0.05  # linear warm-up over this share of the steps (large steps early spike the loss)
