@@ -335,7 +335,8 @@ def test_agent_baseline_rolls_out_the_configured_agent_with_search(tmp_path):
 
     world_config()  # the world, built
     with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["tracking.enabled=false", "agent=singleseek"])
+        cfg = compose(config_name="config", overrides=["tracking.enabled=false", "agent=singleseek",
+                                                        "agent.tool_grammar=off"])  # a scripted engine: no masks
     generator = EngineTextGenerator(cfg)
     generator.engine = ScriptedEngine(tiny_tokenizer(), script)
     answers = AgentBaseline(cfg, generator)([make_task("t1", "List the airports of Aldova."),
