@@ -161,6 +161,8 @@ def worker(folder: Path) -> None:
     record = {**built, **seen, "trajectories": sorted(seen["trajectories"]), "parameter_sum": parameter_sum,
               "initial_parameter_sum": initial_parameter_sum}
     (folder / f"rank{rank}.json").write_text(json.dumps(record))
+    if dist.is_initialized():  # left to the interpreter's exit, gloo's threads can abort the process
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

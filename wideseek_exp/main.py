@@ -3,6 +3,7 @@ MLflow run (tracking.job_run). Nothing imports this module but run.py."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from omegaconf import DictConfig
@@ -38,5 +39,16 @@ def run(cfg: DictConfig):
     validate(cfg)
     job = load_job(cfg)
     out = output_dir()
-    with job_run(cfg, out) as tracker:
-        return job(cfg, tracker, out)
+    try:
+        with job_run(cfg, out) as tracker:
+            return job(cfg, tracker, out)
+    finally:
+        close_process_group()
+
+
+def close_process_group() -> None:
+    """Destroy the process group a multi-process job opened (torchrun, accelerate launch). Left to the
+    interpreter's exit, gloo's threads can outlive it and abort the process after the job has finished."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
