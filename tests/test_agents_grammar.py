@@ -212,3 +212,112 @@ def test_a_grounded_report_is_made_of_whole_lines_the_subagent_read(compiler):
     assert not admits(compiler, ebnf, answer("Cuba\nCapital: Havana City", "Report."))  # not a line it read
     assert not admits(compiler, ebnf, answer("Capital: Hav", "Report."))  # part of a line
     assert admits(compiler, ebnf, tool_call("search", {"queries": [{"query": "Cuba"}]}, "S."))  # calls as before
+
+
+def test_a_grounded_report_keeps_the_order_of_what_was_read_and_repeats_no_line(compiler):
+    lines = ["Cuba", "Capital: Havana", "Population: 11210064"]
+    ebnf = reply_grammar("subagent", width=3, max_queries=2, max_urls=2, thinking=False, seen_urls=SEEN,
+                         answer_lines=lines)
+    assert admits(compiler, ebnf, "Cuba\nPopulation: 11210064")  # a line may be left out
+    assert not admits(compiler, ebnf, "Population: 11210064\nCuba")  # not in the order read
+    assert not admits(compiler, ebnf, "Cuba\nCuba")  # a loop cannot start
+
+
+ENTITIES = ["Belize", "El Salvador", "Honduras", "Mexico"]
+TASK = "Which are the countries that share a land border with Guatemala? Look up the Capital and ISO alpha-3 code."
+
+
+def lead_grammar(delegated=(), cells=None, width=3, quotes=TASK):
+    return reply_grammar("lead", width=width, max_queries=2, max_urls=2, thinking=False,
+                         table_columns=["Country", "Capital", "ISO alpha-3 code"], table_cells=[],
+                         entities=ENTITIES, delegated=list(delegated), entity_cells=cells or {}, quotes=quotes)
+
+
+def wave(*prompts):  # a call with thinking off
+    return tool_call("create_sub_agents", {"sub_agents": [{"prompt": p} for p in prompts]}, "").split("</think>\n\n")[1]
+
+
+def table(*rows):
+    lines = ["| Country | Capital | ISO alpha-3 code |", "| --- | --- | --- |", *rows]
+    return "```markdown\n" + "\n".join(lines) + "\n```"
+
+
+def test_a_grounded_lead_delegates_each_reported_entity_once_in_the_reports_order(compiler):
+    ask = "[{}] the Capital and ISO alpha-3 code".format
+    assert admits(compiler, lead_grammar(), wave(ask("Belize"), ask("Honduras"), ask("Mexico")))
+    assert admits(compiler, lead_grammar(), wave("the countries that share a land border with Guatemala"))
+    assert admits(compiler, lead_grammar(["Belize"]), wave(ask("El Salvador"), "[Mexico]"))
+    assert not admits(compiler, lead_grammar(["Belize"]), wave(ask("Belize")))  # delegated before
+    assert not admits(compiler, lead_grammar(), wave(ask("Honduras"), ask("Belize")))  # not in the reports' order
+    assert not admits(compiler, lead_grammar(), wave(ask("Belize"), ask("Belize")))  # twice in one call
+    assert not admits(compiler, lead_grammar(), wave(ask("Belise")))  # not a reported entity
+    assert not admits(compiler, lead_grammar(), wave(ask("Belize"), ask("Honduras"), ask("Mexico"),
+                                                     ask("El Salvador")))  # more than W
+    assert not admits(compiler, lead_grammar(), wave("[Belize] and [Mexico]"))  # one entity a subtask
+
+
+def test_a_grounded_lead_quotes_its_task(compiler):
+    """Its subtasks' words are a span of the task, whole words, as the task spaces them; without a task to
+    quote (quotes=None) they are its own, brackets aside."""
+    for quote in ("the countries that share a land border with Guatemala", "Guatemala? Look up the Capital",
+                  "Capital and ISO alpha-3 code."):
+        assert admits(compiler, lead_grammar(), wave(quote))
+    for words in ("the countries that share a land border with Mexico",  # not the task's
+                  "the countries that share a border with Guatemala",  # a word left out
+                  "the countries the countries",  # a loop
+                  "countries that sh",  # part of a word
+                  "Find the list of the countries"):
+        assert not admits(compiler, lead_grammar(), wave(words))
+        assert admits(compiler, lead_grammar(quotes=None), wave(words))
+
+
+def test_a_grounded_subagent_searches_quotes_of_its_task_and_subtask(compiler):
+    user = "Main task (for context only; work on your subtask):\nFind the airports of Peru.\n\nYour subtask:\n[Cusco] the City"
+    ebnf = reply_grammar("subagent", width=3, max_queries=2, max_urls=2, thinking=False, seen_urls=SEEN,
+                         answer_lines=[], quotes=user)
+    search = lambda query: tool_call("search", {"queries": [{"query": query, "count": 3}]}, "").split("</think>\n\n")[1]  # noqa: E731
+    assert admits(compiler, ebnf, search("[Cusco] the City"))
+    assert admits(compiler, ebnf, search("Cusco"))
+    assert admits(compiler, ebnf, search("airports of Peru"))
+    assert not admits(compiler, ebnf, search("Cusco airport"))
+    access = lambda info: tool_call("access", {"urls": [{"url": SEEN[1], "info_to_extract": info}]}, "").split("</think>\n\n")[1]  # noqa: E731
+    assert admits(compiler, ebnf, access("the City, in a few words of my own"))
+    assert not admits(compiler, ebnf, access("x" * 200))  # free text is short: a loop cannot run on
+
+
+def test_a_grounded_table_has_the_first_entities_as_rows_with_cells_from_the_reports_on_each(compiler):
+    cells = {"Belize": ["Belmopan", "BLZ"], "Honduras": ["Tegucigalpa", "HND"]}
+    grammar = lead_grammar(cells=cells)
+    assert admits(compiler, grammar, table("| Belize | Belmopan | BLZ |", "| El Salvador |  |  |",
+                                           "| Honduras | Tegucigalpa | HND |"))
+    assert admits(compiler, grammar, table("| Belize | BLZ |  |"))  # a value in the wrong column is the lead's
+    assert admits(compiler, grammar, table())  # no rows
+    assert not admits(compiler, grammar, table("| Belize | Tegucigalpa | BLZ |"))  # another entity's value
+    assert not admits(compiler, grammar, table("| El Salvador | San Salvador |  |"))  # no report gave it
+    assert not admits(compiler, grammar, table("| Belize |  |  |", "| Honduras |  |  |"))  # an entity skipped
+    assert not admits(compiler, grammar, table("| Belize |  |  |", "| Belize |  |  |"))  # a row twice
+    assert not admits(compiler, grammar, table("| Guatemala |  |  |"))  # not a reported entity
+
+
+def test_the_lead_reads_its_entities_and_their_reports_from_what_came_back():
+    from wideseek_exp.agents.grammar import bracketed_names, entity_cells, linked_entities
+
+    reports = ["- [Belize](https://miniweb.local/country/belize)\n- [A \\[b\\]](https://x)", "Belize\nCapital: Belmopan"]
+    assert linked_entities(reports) == ["Belize", "A [b]"]
+    assert bracketed_names(["Find the page of the country [Belize].", "Find the list."]) == ["Belize"]
+    assert entity_cells({"Belize": ["Belize\nCapital: Belmopan"]}) == {"Belize": ["Belmopan"]}
+
+
+def test_with_thinking_off_the_expert_replies_without_a_think_block(compiler):
+    cfg = world_config()
+    tasks = list(load_task_set(cfg.data, "train"))[::100][:3]
+    agent = OmegaConf.merge(cfg.agent, {"max_reply_tokens": 4096, "tool_grammar": "grounded", "thinking": False})
+    tokenizer = tiny_tokenizer()
+    trajectories = run_rollouts(tasks, 1, ExpertEngine(tokenizer), make_search_backend(cfg), tokenizer, agent,
+                                cfg.search, seed=0)
+    replies = [tokenizer.decode(turn.response_ids).removesuffix("<|im_end|>")
+               for trajectory in trajectories for run in trajectory.agents for turn in run.turns]
+    assert replies and not any("<think>" in reply for reply in replies)
+    assert all(admits(compiler, turn.grammar, tokenizer.decode(turn.response_ids).removesuffix("<|im_end|>"))
+               for trajectory in trajectories for run in trajectory.agents for turn in run.turns)
+    assert any(trajectory.final_answer and "|" in trajectory.final_answer for trajectory in trajectories)

@@ -121,6 +121,8 @@ class ModelConfig:
     # off | schema | seen_urls), and replies ended as soon as they loop (engines/base.py)
     tool_grammar: str = "off"
     stop_loops: bool = False
+    # the chat template's thinking (agent.thinking follows it): off, a reply is the call or the answer alone
+    thinking: bool = True
     trust_remote_code: bool = False
     tiny: TinyArchConfig | None = None  # only for source=tiny / tiny_sft (the base model's architecture)
     # source=tiny_sft: the random tiny model (built from `tiny`) the warm start begins from
@@ -193,7 +195,7 @@ class AgentConfig:
     summary_max_tokens: int = 1024  # llm: the summariser's reply budget
     repeat_call_limit: int = 3  # the same tool call this many times in a row ends the agent (0: never)
     tool_wait_s: float = 1.0  # generation waits this long for running tool calls to join its batch
-    thinking: bool = True
+    thinking: bool = II("model.thinking")
     tool_grammar: str = II("model.tool_grammar")  # off | schema | seen_urls (agents/grammar.py)
     stop_loops: bool = II("model.stop_loops")  # end a reply caught in a loop at once (it fails either way)
     temperature: float = II("model.temperature")  # 1.0 for the paper's models

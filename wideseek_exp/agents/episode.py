@@ -34,7 +34,14 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from wideseek_exp.agents import prompts
-from wideseek_exp.agents.grammar import check_mode, reply_grammar, report_fields
+from wideseek_exp.agents.grammar import (
+    bracketed_names,
+    check_mode,
+    entity_cells,
+    linked_entities,
+    reply_grammar,
+    report_fields,
+)
 from wideseek_exp.agents.parser import (
     CallLimits,
     ToolCall,
@@ -160,6 +167,9 @@ class _AgentState:
     shown_urls: dict[str, None] = field(default_factory=dict)  # those URLs as the results showed them, in order
     result_lines: dict[str, None] = field(default_factory=dict)  # the lines of its tool results, in order
     reports: list[str] = field(default_factory=list)  # a lead's: its subagents' final reports, in order
+    subtasks: list[str] = field(default_factory=list)  # a lead's: the subtasks it delegated, in order
+    # a lead's: the reports of the subtasks that named each entity in brackets ("[name]")
+    entity_reports: dict[str, list[str]] = field(default_factory=dict)
     recent_calls: list[str] = field(default_factory=list)
 
 
@@ -286,12 +296,26 @@ class Episode:
         limits = self.rollout.limits
         seen = list(agent.shown_urls) if limits.tool_grammar in ("seen_urls", "grounded") else None
         grounded = limits.tool_grammar == "grounded"
-        table = grounded and agent.run.role == LEAD and self.table
+        lead = grounded and agent.run.role == LEAD
+        table = lead and self.table
         return reply_grammar(agent.run.role, width=limits.width, max_queries=limits.max_queries,
                              max_urls=limits.max_urls, thinking=limits.thinking, seen_urls=seen,
                              answer_lines=list(agent.result_lines) if grounded and agent.run.role == SUBAGENT else None,
                              table_columns=list(self.task.gold_columns) if table else None,
-                             table_cells=report_fields(agent.reports) if table else None)
+                             table_cells=report_fields(agent.reports) if table else None,
+                             entities=linked_entities(agent.reports) if lead else None,
+                             delegated=bracketed_names(agent.subtasks) if lead else None,
+                             entity_cells=entity_cells(agent.entity_reports) if table else None,
+                             quotes=self.quoted_text(agent) if grounded else None)
+
+    def quoted_text(self, agent: _AgentState) -> str | None:
+        """What a grounded agent's own words quote (agents/grammar.py): the lead's subtasks quote its task, a
+        subagent's queries its task and subtask; the single agent writes its own."""
+        if agent.run.role == LEAD:
+            return self.task.query
+        if agent.run.role == SUBAGENT:
+            return prompts.subagent_user_message(self.language, self.task.query, agent.run.subtask or "")
+        return None
 
     def _repeats(self, agent: _AgentState, call: ToolCall) -> bool:
         """True when this call is the `repeat_call_limit`-th identical call in a row."""
@@ -325,6 +349,10 @@ class Episode:
             for number, subtask in enumerate(subtasks, start=1)
         ])
         state.reports += [run.final_text for run in runs if run.final_text]
+        state.subtasks += subtasks
+        for subtask, run in zip(subtasks, runs):
+            for name in bracketed_names([subtask]) if run.final_text else ():
+                state.entity_reports.setdefault(name, []).append(run.final_text)
         return prompts.subagent_reports(self.language, [(run.subtask, run.final_text, run.failure) for run in runs])
 
     async def search(self, agent: _AgentState, items: list[dict]) -> str:

@@ -22,7 +22,13 @@ found, and a small model then cannot misspell or invent the name or the number i
 choose the wrong line. The lead's final table, on a table task, is the markdown table with exactly the
 columns the task names, in their order, and each cell one of the values its subagents reported (the value
 after "Label: " on a line of a report, or a link's text) or empty: the lead assembles, and cannot garble
-what it assembles.
+what it assembles. Its entities are the ones its reports link to ("- [name](url)", in the order the reports
+give them), and the grammar makes each a choice among them:
+- a subtask that names an entity writes it in brackets, "[name]", and the name is one of the entities that
+  no earlier subtask named; the subtasks of one call name theirs in the reports' order, so no entity is
+  delegated twice and none can be misspelt (free text around the brackets is the lead's own);
+- each row of the table starts with one of the entities, in the reports' order, each at most once; a lead
+  without reported entities writes the header alone.
 
 Every reply the grammar admits parses (agents/parser.py) into a valid call of the role or into a
 final answer: tests/test_agents_grammar.py checks it on the expert's calls and on replies sampled
@@ -51,6 +57,14 @@ count ::= [1-9] [0-9]?
 """.strip()
 _ANSWER = r'answer ::= ([^<] | "<" [^t/] | "</" [^t])*'
 _THOUGHT = r'thought ::= [^<]*'
+# Quotes (grounded): a span of a text, whole pieces (a word, a number or one punctuation mark) with the
+# text's own spacing between them; pieces that could open a tag are never part of one.
+_PIECE = re.compile(r"\w+|[^\w\s]")
+_NO_QUOTE = set("<>")
+_NO_BRACKETS = set("<>[]")  # a lead's quotes: brackets only name entities
+# Free text in a grounded call (info_to_extract): at most this many characters, so a loop cannot run on.
+_SHORT_TEXT = 160
+_BRACKETED = re.compile(r"\[([^\[\]]+)\]")
 
 
 def _literal(text: str) -> str:
@@ -70,12 +84,21 @@ def _call(name: str, arguments: str) -> str:
 
 def reply_grammar(role: str, *, width: int, max_queries: int, max_urls: int, thinking: bool,
                   seen_urls: list[str] | None = None, answer_lines: list[str] | None = None,
-                  table_columns: list[str] | None = None, table_cells: list[str] | None = None) -> str:
+                  table_columns: list[str] | None = None, table_cells: list[str] | None = None,
+                  entities: list[str] | None = None, delegated: list[str] | None = None,
+                  entity_cells: dict[str, list[str]] | None = None, quotes: str | None = None) -> str:
     """The EBNF of one reply of `role`. `seen_urls`: None admits any URL (tool_grammar=schema); a list
     admits only those (seen_urls; an empty list: no access call). `answer_lines` (tool_grammar=grounded, for
-    a subagent): a final answer is made of these lines, each whole, or is empty. `table_columns` and
-    `table_cells` (grounded, the lead of a table task): the final answer is the ```markdown table with exactly
-    these columns, each cell one of `table_cells` or empty."""
+    a subagent): a final answer is made of these lines, each whole, at most once and in this order, or is
+    empty. `table_columns` and `table_cells` (grounded, the lead of a table task): the final answer is the
+    ```markdown table with exactly these columns, each cell one of `table_cells` or empty. `entities`
+    (grounded, a lead): the names its reports link to, in order; a subtask names one in brackets that is not
+    in `delegated` (the names earlier subtasks gave), the subtasks of a call in this order; the table's rows
+    are the first of these entities, in order, one row each, and the cells of an entity's row are values
+    its `entity_cells` give (the reports on it) or empty. `quotes` (grounded): the text the agent's own words
+    quote, a span of it each: a lead's subtasks (its task; with an optional bracketed entity before the
+    span), a subagent's search queries (its task and subtask); its info_to_extract is at most _SHORT_TEXT
+    characters."""
     rules = [_JSON_TEXT]
     calls = []
     if seen_urls is None:
@@ -83,14 +106,22 @@ def reply_grammar(role: str, *, width: int, max_queries: int, max_urls: int, thi
     elif seen_urls:
         rules.append("url ::= " + " | ".join(_literal(json.dumps(u, ensure_ascii=False)) for u in seen_urls))
     can_access = seen_urls is None or bool(seen_urls)
-    if role == LEAD:
+    if quotes is not None:
+        rules += _span_rules("quote", quotes, _NO_BRACKETS if role == LEAD else _NO_QUOTE)
+        rules.append(f'short ::= "\\"" ([^"\\\\\\x00-\\x20<] | tag_free) jchar{{0,{_SHORT_TEXT - 1}}} "\\""')
+    if role == LEAD and entities is not None:
+        fresh = [name for name in _names(entities) if name not in set(delegated or ())]
+        rules += _grounded_subtasks(fresh, width, "quote" if quotes is not None else None)
+        calls.append(_call(CREATE_SUB_AGENTS, '"{\\"sub_agents\\": [" sub_0_1 "]}"'))
+    elif role == LEAD:
         rules.append('subtask ::= "{\\"prompt\\": " jtext "}"')
         calls.append(_call(CREATE_SUB_AGENTS, f'"{{\\"sub_agents\\": " {_items("subtask", width)} "}}"'))
     elif role == SUBAGENT:
-        rules.append('query ::= "{\\"query\\": " jtext (", \\"count\\": " count)? "}"')
+        text, info = ('"\\"" quote "\\""', "short") if quotes is not None else ("jtext", "jtext")
+        rules.append(f'query ::= "{{\\"query\\": " {text} (", \\"count\\": " count)? "}}"')
         calls.append(_call(SEARCH, f'"{{\\"queries\\": " {_items("query", max_queries)} "}}"'))
         if can_access:
-            rules.append('page ::= "{\\"url\\": " url ", \\"info_to_extract\\": " jtext "}"')
+            rules.append(f'page ::= "{{\\"url\\": " url ", \\"info_to_extract\\": " {info} "}}"')
             calls.append(_call(ACCESS, f'"{{\\"urls\\": " {_items("page", max_urls)} "}}"'))
     elif role == SINGLE:
         calls.append(_call(SEARCH, '"{\\"query\\": " jtext (", \\"count\\": " count)? "}"'))
@@ -101,29 +132,118 @@ def reply_grammar(role: str, *, width: int, max_queries: int, max_urls: int, thi
     rules.append("call ::= " + " | ".join(f"({c})" for c in calls))
     rules.append('tool_call ::= "<tool_call>\\n" call "\\n</tool_call>"')
     if table_columns:
-        cells = [c for c in dict.fromkeys(table_cells or []) if c and "<" not in c and "\n" not in c]
-        rules.append("cell ::= " + " | ".join(['""', *(_literal(c) for c in cells)]))
         header = "| " + " | ".join(table_columns) + " |"
         separator = "| " + " | ".join("---" for _ in table_columns) + " |"
         row = '"| " cell' + ' " | " cell' * (len(table_columns) - 1) + ' " |"'
-        rules.append(f'answer ::= "```markdown\\n" {_literal(header)} "\\n" {_literal(separator)} ("\\n" row)* "\\n```"')
-        rules.append(f"row ::= {row}")
+        if entities is None:
+            cells = [c for c in dict.fromkeys(table_cells or []) if c and "<" not in c and "\n" not in c]
+            rules.append("cell ::= " + " | ".join(['""', *(_literal(c) for c in cells)]))
+            rules.append(f'answer ::= "```markdown\\n" {_literal(header)} "\\n" {_literal(separator)} ("\\n" row)* "\\n```"')
+            rules.append(f"row ::= {row}")
+        else:
+            rules.append(f'answer ::= "```markdown\\n" {_literal(header)} "\\n" {_literal(separator)} rows_0 "\\n```"')
+            rules += _entity_rows(_names(entities), len(table_columns) - 1, entity_cells or {})
     elif answer_lines is None:
         rules.append(_ANSWER)
     else:
         lines = [line for line in dict.fromkeys(answer_lines) if line and "<" not in line]
-        rules.append('answer ::= ("" | line ("\\n" line)*)' if lines else 'answer ::= ""')
-        if lines:
-            rules.append("line ::= " + " | ".join(_literal(line) for line in lines))
+        rules.append('answer ::= "" | line_0' if lines else 'answer ::= ""')
+        for i, line in enumerate(lines):  # line_i: lines[i] or a later one, then optionally more after it
+            more = f' ("\\n" line_{i + 1})?' if i + 1 < len(lines) else ""
+            later = f" | line_{i + 1}" if i + 1 < len(lines) else ""
+            rules.append(f"line_{i} ::= {_literal(line)}{more}{later}")
     rules.append(_THOUGHT)
     head = '"<think>\\n" thought "\\n</think>\\n\\n" ' if thinking else ""
     return "\n".join([f"root ::= {head}(tool_call | answer)", *rules]) + "\n"
+
+
+def _names(entities: list[str]) -> list[str]:
+    """The entities a grammar can offer: each once, none empty or holding a bracket, a tag or a line break."""
+    return [n for n in dict.fromkeys(e.strip() for e in entities)
+            if n and not any(c in n for c in "[]<\n")]
+
+
+def _grounded_subtasks(names: list[str], width: int, quote: str | None) -> list[str]:
+    """Rules for a grounded lead's subtasks (start: sub_0_1). sub_i_k is the k-th subtask of the call when the
+    call may still name names[i:]; pick_j_k names names[j] or a later one. A subtask is text (a span of the
+    task when `quote` names its rule, else free text without brackets), or one bracketed name, optionally
+    followed by a space and text."""
+    rules = []
+    if quote is None:
+        rules.append(r"""
+pchar ::= [^"\\\x00-\x1f<\[\]] | ptag_free | "\\" ["\\/bfnrt]
+ptag_free ::= "<" [^"\\\x00-\x1f/t\[\]] | "</" [^"\\\x00-\x1ft\[\]]
+ptext1 ::= ([^"\\\x00-\x20<\[\]] | ptag_free) pchar*
+""".strip())
+        quote = "ptext1"
+    for k in range(1, width + 1):
+        for i in range(len(names) + 1):
+            more = f' (", " sub_{i}_{k + 1})?' if k < width else ""
+            named = f' | "[" pick_{i}_{k}' if i < len(names) else ""
+            rules.append(f'sub_{i}_{k} ::= "{{\\"prompt\\": \\"" ({quote} "\\"}}"{more}{named})')
+            if i < len(names):
+                literal = _literal(json.dumps(names[i], ensure_ascii=False)[1:-1])
+                later = f" | pick_{i + 1}_{k}" if i + 1 < len(names) else ""
+                after = f' (", " sub_{i + 1}_{k + 1})?' if k < width else ""
+                rules.append(f'pick_{i}_{k} ::= {literal} "]" (" " {quote})? "\\"}}"{after}{later}')
+    return rules
+
+
+def _span_rules(rule: str, text: str, banned: set[str]) -> list[str]:
+    """Rules for `rule`: any non-empty span of `text` made of whole pieces (_PIECE) with the spacing between
+    them as the text has it, JSON-escaped (the span is written inside a JSON string); no span holds a piece
+    with a character of `banned`."""
+    pieces = [(m.start(), m.end()) for m in _PIECE.finditer(text)]
+    allowed = [not (set(text[a:b]) & banned) for a, b in pieces]
+    escape = lambda part: _literal(json.dumps(part, ensure_ascii=False)[1:-1])  # noqa: E731
+    starts, rules = [], []
+    for i, (a, b) in enumerate(pieces):
+        if not allowed[i]:
+            continue
+        starts.append(f"{rule}_{i}")
+        piece = escape(text[a:b])
+        if i + 1 < len(pieces) and allowed[i + 1]:
+            gap = text[b: pieces[i + 1][0]]
+            piece += f" ({escape(gap)} {rule}_{i + 1})?" if gap else f" {rule}_{i + 1}?"
+        rules.append(f"{rule}_{i} ::= {piece}")
+    if not starts:  # nothing to quote (an empty text): a word of its own
+        return [f'{rule} ::= [^"\\\\\\x00-\\x20<>\\[\\]]+']
+    return [f"{rule} ::= " + " | ".join(starts), *rules]
+
+
+def _entity_rows(names: list[str], attributes: int, entity_cells: dict[str, list[str]]) -> list[str]:
+    """Rules for the rows of a grounded table (start: rows_0): rows_i is the end of the table or the row of
+    names[i] followed by rows_{i+1}, so the rows are the first k entities in order; each of the row's
+    `attributes` cells is empty or one of the values `entity_cells` gives for its entity."""
+    rules = []
+    for i, name in enumerate(names):
+        values = [v for v in dict.fromkeys(entity_cells.get(name, [])) if v and "<" not in v and "\n" not in v]
+        rules.append(f"cell_{i} ::= " + " | ".join(['""', *(_literal(v) for v in values)]))
+        row = _literal(name.replace("|", "\\|")) + "".join(f' " | " cell_{i}' for _ in range(attributes)) + ' " |"'
+        rules.append(f'rows_{i} ::= "" | "\\n| " {row} rows_{i + 1}')
+    rules.append(f'rows_{len(names)} ::= ""')
+    return rules
+
+
+def bracketed_names(subtasks: list[str]) -> list[str]:
+    """The entity names subtasks give in brackets, in order."""
+    return [name.strip() for subtask in subtasks for name in _BRACKETED.findall(subtask)]
+
+
+def linked_entities(reports: list[str]) -> list[str]:
+    """The names reports link to ("[name](url)", unescaped), in order of appearance."""
+    return [anchor.replace("\\[", "[").replace("\\]", "]") for anchor in _LINK_TEXT.findall("\n".join(reports))]
 
 
 def check_mode(mode: str) -> str:
     if mode not in MODES:
         raise WideseekError(f"config key 'agent.tool_grammar' must be one of {', '.join(MODES)} (got {mode!r})")
     return mode
+
+
+def entity_cells(reports: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The cell values of the reports on each entity (report_fields of each entity's reports)."""
+    return {name: report_fields(texts) for name, texts in reports.items()}
 
 
 def report_fields(reports: list[str]) -> list[str]:

@@ -6,21 +6,25 @@ returns its next reply as token ids, in exactly the wire format a model emits (a
 then one <tool_call>{json}</tool_call>, or a final answer). So its trajectories carry real token ids
 and generated-token masks, and they are the demonstrations of the imitation warm start (task=sft).
 
-    lead      turn 1: one subagent finds the entity set ("Find the list of the <description>"); once more
-                      if it found none
-              then:   waves of at most W subagents, one entity each ("Find the page of the <noun>
-                      [<name>] and report its <attributes>"), while turns remain
+    lead      turn 1: one subagent finds the entity set; its subtask quotes the task ("the <description>");
+                      once more if it found none
+              then:   waves of at most W subagents, one entity each ("[<name>] the <attributes>": the
+                      entity in brackets, then the task's words for the columns), while turns remain
               last:   the markdown table; cells it has no report for stay empty
-    subagent  list:   search the subtask as written (5 hits); read the one hit that is the list of exactly
-                      this set; report its member lines as the page writes them ("- [name](url)")
-              entity: search the subtask as written (3 hits); read the first hit titled <name>; report the
-                      page's title and "Label: value" lines in the order asked
+    subagent  list:   search the subtask as written (5 hits, then 10); read the one hit that is the list of
+                      exactly this set; report its member lines as the page writes them ("- [name](url)")
+              entity: search the subtask as written (3 hits, then the name alone); read the first hit titled
+                      <name>; report the page's title and the "Label: value" lines asked for, in page order
+
+Every subtask and every query is a quote of the task or the subtask, and every entity a name a report
+linked to: the words agent.tool_grammar=grounded lets an agent write.
 
 Every report is made of lines of what the subagent read, and one that found nothing reports nothing (an
 empty report): the reports agent.tool_grammar=grounded admits.
 
 Every decision is one a small model can learn to copy: one call per turn, one page per access, reports
-that repeat lines of the page, thinking in fixed sentences. It reads whatever conversation it is given,
+that repeat lines of the page in its order, thinking in fixed sentences (none when the model's thinking is
+off: the prompt then ends with an empty think block, and the reply is the call or the answer alone). It reads whatever conversation it is given,
 not only its own: a wrong page read, a search that missed or a garbled call gets the next sensible step
 (the other query, the right hit, a report of what is missing), so it can label the states a model
 reaches in its own rollouts (on-policy imitation, rl/imitation.py).
@@ -39,6 +43,7 @@ from wideseek_exp import WideseekError
 from wideseek_exp.engines.base import Completion, Engine, SamplingParams
 
 END = "<|im_end|>"
+THINKING_OFF = "<think>\n\n</think>\n\n"  # what a generation prompt ends with when thinking is off
 
 # The four query openings of tasks/miniweb.py, each giving the set's description.
 _DESCRIPTION = (
@@ -52,10 +57,10 @@ _WIDTH = re.compile(r"Start up to (\d+) subagents at once")
 _LEAD_TURNS = re.compile(r"You have (\d+) turns in all")
 _TOOL_RESPONSE = re.compile(r"<tool_response>\n(.*?)\n</tool_response>", re.DOTALL)
 _SUBTASK_BLOCK = re.compile(r"^Subtask \d+: ", re.MULTILINE)
-_LIST_SUBTASK = re.compile(r"^Find the list of the (.+?)\. Report the name of every entry\.$")
+_LIST_SUBTASK = re.compile(r"^the ([^\[\]]+)$")
 # The name in brackets, not quotes: a tool call writes the subtask as JSON, where a quote becomes \" and the
 # copy of what follows it from the plain-text list report loses its anchor.
-_ENTITY_SUBTASK = re.compile(r"^Find the page of the (.+?) \[(.+)\] and report its (.+)\.$")
+_ENTITY_SUBTASK = re.compile(r"^\[(.+)\] the (.+)$")
 _MEMBER = re.compile(r"^- \[(.+)\]\((\S+)\)$")  # a list page's member line: "- [name](url)"
 _QUERY = re.compile(r'^(?:Results for|No results for) "(.*)"[:.]$', re.MULTILINE)
 _HIT_FULL = re.compile(r"^\[\d+\] (.*)\nURL: (\S+)\n(.*)$", re.MULTILINE)
@@ -157,20 +162,20 @@ def lead_reply(chat: Conversation) -> str:
                 members = [_unescape(m.group(1)) for line in report.splitlines()
                            if (m := _MEMBER.match(line)) and "/list/" not in m.group(2)]
         elif entity := _ENTITY_SUBTASK.match(prompt):
-            name = entity.group(2)
+            name = entity.group(1)
             asked.add(name)
             facts[name] = dict(line.split(": ", 1) for line in report.splitlines() if ": " in line)
 
     last_turn = chat.turn >= max_turns
     # No list yet: ask for it (once more after a failed try: another subagent may find it).
     if not members and list_calls < 2 and not last_turn:
-        subtask = f"Find the list of the {spec.description}. Report the name of every entry."
+        subtask = f"the {spec.description}"
         return tool_call("create_sub_agents", {"sub_agents": [{"prompt": subtask}]},
                          "First I need the whole set: one subagent finds the list.")
     todo = [name for name in members if name not in asked]
     if todo and not last_turn:
         attributes = _join(spec.columns[1:])
-        wave = [{"prompt": f"Find the page of the {spec.noun} [{name}] and report its {attributes}."}
+        wave = [{"prompt": f"[{name}] the {attributes}"}
                 for name in todo[:width]]
         return tool_call("create_sub_agents", {"sub_agents": wave}, "Next, the entries still to look up.")
     header = "| " + " | ".join(spec.columns) + " |"
@@ -217,7 +222,7 @@ def subagent_reply(chat: Conversation) -> str:
     if listing := _LIST_SUBTASK.match(subtask):
         return _list_reply(subtask, listing.group(1), seen)
     if entity := _ENTITY_SUBTASK.match(subtask):
-        return _entity_reply(subtask, entity.group(2), _split_join(entity.group(3)), seen)
+        return _entity_reply(subtask, entity.group(1), _split_join(entity.group(2)), seen)
     return answer("", "The subtask is not one I know.")
 
 
@@ -227,10 +232,9 @@ def _is_the_list(text: str, description: str) -> bool:
 
 
 def _list_reply(subtask: str, description: str, seen: _Seen) -> str:
-    """Search the subtask as it reads (a copy a small model gets right: its first hit is the list page for 77% of
-    the train tasks, against 82% for the description alone); read the one hit that is the list of exactly
-    this set; report its member lines as the page gives them. A wrong page read or a search that missed is
-    repaired with a query in the list pages' own wording."""
+    """Search the subtask as it reads (the task's words for the set); read the one hit that is the list of exactly
+    this set; report its member lines as the page gives them. A search that missed is repeated for 10 hits;
+    a wrong page read is followed by the right hit."""
     for text in seen.pages.values():
         if _is_the_list(text, description):
             members = [line for line in text.splitlines() if (m := _MEMBER.match(line)) and "/list/" not in m.group(2)]
@@ -240,9 +244,10 @@ def _list_reply(subtask: str, description: str, seen: _Seen) -> str:
     if match is not None:
         return tool_call("access", {"urls": [{"url": match, "info_to_extract": "every entry with its https link"}]},
                          "Read the list page.")
-    for query, count in ((subtask, 5), (f"This list names entries, the {description}.", 10)):
-        if query not in seen.queries:
-            return tool_call("search", {"queries": [{"query": query, "count": count}]}, "Search for the list page.")
+    searched = seen.queries.count(subtask)
+    if searched < 2:  # 5 hits, then 10 when the list was not among them
+        return tool_call("search", {"queries": [{"query": subtask, "count": 10 if searched else 5}]},
+                         "Search for the list page.")
     return answer("", "None of the pages is the list.")
 
 
@@ -254,12 +259,12 @@ def _titled(title: str, name: str) -> bool:
 def _entity_reply(subtask: str, name: str, attributes: list[str], seen: _Seen) -> str:
     """Search the subtask as it reads (its name and attributes put the entity's page first for 95% of the train
     tasks' entities, three hits each); read the first hit titled with the name (right for 97%), for the
-    attributes; report the page's title and its "Label: value" lines in the order asked. Not found after a
+    attributes; report the page's title and the "Label: value" lines asked for, in the page's order (a
+    grounded report is lines of what was read, in order). Not found after a
     second search (the name alone): an empty report rather than another entity's page."""
     for text in seen.pages.values():
         if _titled(text.split("\n", 1)[0], name):
-            found = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
-            lines = [f"{label}: {found[label]}" for label in attributes if label in found]
+            lines = [line for line in text.splitlines() if line.split(": ", 1)[0] in attributes and ": " in line]
             return answer("\n".join([text.split("\n", 1)[0], *lines]), "Report the facts.")
     titled = [url for title, url, _ in seen.hits if "/list/" not in url and url not in seen.pages and _titled(title, name)]
     if titled:
@@ -301,7 +306,10 @@ class ExpertEngine(Engine):
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
         completions = []
         for prompt in prompts:
-            reply = expert_reply(self.tokenizer.decode(prompt, skip_special_tokens=False))
+            text = self.tokenizer.decode(prompt, skip_special_tokens=False)
+            reply = expert_reply(text)
+            if text.endswith(THINKING_OFF):  # the template opened and closed the think block: no thinking
+                reply = reply.split("</think>\n\n", 1)[-1]
             ids = self.tokenizer.encode(reply, add_special_tokens=False) + [self.end_id]
             finish = "stop" if len(ids) <= sampling.max_new_tokens else "length"
             ids = ids[: sampling.max_new_tokens]

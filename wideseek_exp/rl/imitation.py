@@ -470,7 +470,8 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> di
 def sft_fingerprint(cfg: DictConfig, base: Path) -> str:
     base_stamp = (read_stamp(base) or {}).get("fingerprint", "")
     settings = {k: v for k, v in OmegaConf.to_container(cfg.sft, resolve=True).items() if k != "width"}
-    agent = {k: cfg.agent[k] for k in ("lead_max_turns", "subagent_max_turns", "summarizer", "summary_max_chars")}
+    agent = {k: cfg.agent[k] for k in ("lead_max_turns", "subagent_max_turns", "summarizer", "summary_max_chars",
+                                       "thinking")}
     # sft.width, not the run's `subagents`: a width sweep evaluates one warm start, it does not rebuild it
     return fingerprint("tiny-sft", SFT_VERSION, base_stamp, settings, agent, int(cfg.sft.width), cfg.seed)
 
