@@ -203,34 +203,31 @@ def test_a_bad_mode_is_one_line_naming_the_key(tokenizer):
     assert json.loads(json.dumps(grammar("lead")))  # a plain string, storable in a trajectory
 
 
-def test_a_grounded_report_is_made_of_whole_lines_the_subagent_read(compiler):
-    lines = ["Cuba", "Capital: Havana", "Population: 11210064"]
+def test_a_grounded_report_is_a_run_of_consecutive_lines_the_subagent_read(compiler):
+    read = [["Results for \"Cuba\":", "[1] Cuba", "URL: https://miniweb.local/country/cuba"],
+            ["Page: https://miniweb.local/country/cuba", "Cuba", "Capital: Havana", "Population: 11210064"]]
     ebnf = reply_grammar("subagent", width=3, max_queries=2, max_urls=2, thinking=True, seen_urls=SEEN,
-                         answer_lines=lines)
+                         answer_blocks=read)
     assert admits(compiler, ebnf, answer("Cuba\nCapital: Havana", "Report."))
+    assert admits(compiler, ebnf, answer("Capital: Havana\nPopulation: 11210064", "Report."))
     assert admits(compiler, ebnf, answer("", "Nothing."))
     assert not admits(compiler, ebnf, answer("Cuba\nCapital: Havana City", "Report."))  # not a line it read
     assert not admits(compiler, ebnf, answer("Capital: Hav", "Report."))  # part of a line
+    assert not admits(compiler, ebnf, answer("Cuba\nPopulation: 11210064", "Report."))  # a line skipped
+    assert not admits(compiler, ebnf, answer("Population: 11210064\nCuba", "Report."))  # not in the order read
+    assert not admits(compiler, ebnf, answer("Cuba\nCuba", "Report."))  # a loop cannot start
+    assert not admits(compiler, ebnf, answer("[1] Cuba\nCuba", "Report."))  # two results: one run of one
     assert admits(compiler, ebnf, tool_call("search", {"queries": [{"query": "Cuba"}]}, "S."))  # calls as before
-
-
-def test_a_grounded_report_keeps_the_order_of_what_was_read_and_repeats_no_line(compiler):
-    lines = ["Cuba", "Capital: Havana", "Population: 11210064"]
-    ebnf = reply_grammar("subagent", width=3, max_queries=2, max_urls=2, thinking=False, seen_urls=SEEN,
-                         answer_lines=lines)
-    assert admits(compiler, ebnf, "Cuba\nPopulation: 11210064")  # a line may be left out
-    assert not admits(compiler, ebnf, "Population: 11210064\nCuba")  # not in the order read
-    assert not admits(compiler, ebnf, "Cuba\nCuba")  # a loop cannot start
 
 
 ENTITIES = ["Belize", "El Salvador", "Honduras", "Mexico"]
 TASK = "Which are the countries that share a land border with Guatemala? Look up the Capital and ISO alpha-3 code."
 
 
-def lead_grammar(delegated=(), cells=None, width=3, quotes=TASK):
+def lead_grammar(delegated=(), cells=None, width=3, quotes=TASK, entities=ENTITIES):
     return reply_grammar("lead", width=width, max_queries=2, max_urls=2, thinking=False,
                          table_columns=["Country", "Capital", "ISO alpha-3 code"], table_cells=[],
-                         entities=ENTITIES, delegated=list(delegated), entity_cells=cells or {}, quotes=quotes)
+                         entities=entities, delegated=list(delegated), entity_cells=cells or {}, quotes=quotes)
 
 
 def wave(*prompts):  # a call with thinking off
@@ -245,8 +242,14 @@ def table(*rows):
 def test_a_grounded_lead_delegates_each_reported_entity_once_in_the_reports_order(compiler):
     ask = "[{}] the Capital and ISO alpha-3 code".format
     assert admits(compiler, lead_grammar(), wave(ask("Belize"), ask("Honduras"), ask("Mexico")))
-    assert admits(compiler, lead_grammar(), wave("the countries that share a land border with Guatemala"))
     assert admits(compiler, lead_grammar(["Belize"]), wave(ask("El Salvador"), "[Mexico]"))
+    # entities known: every subtask delegates one; none known yet: subtasks find them, in the task's words
+    assert not admits(compiler, lead_grammar(), wave("the countries that share a land border with Guatemala"))
+    assert admits(compiler, lead_grammar(entities=[]), wave("the countries that share a land border with Guatemala"))
+    assert not admits(compiler, lead_grammar(entities=[]), wave(ask("Belize")))
+    # all delegated: the lead can only answer
+    assert not admits(compiler, lead_grammar(ENTITIES), wave("the countries that share a land border with Guatemala"))
+    assert admits(compiler, lead_grammar(ENTITIES), table("| Belize |  |  |"))
     assert not admits(compiler, lead_grammar(["Belize"]), wave(ask("Belize")))  # delegated before
     assert not admits(compiler, lead_grammar(), wave(ask("Honduras"), ask("Belize")))  # not in the reports' order
     assert not admits(compiler, lead_grammar(), wave(ask("Belize"), ask("Belize")))  # twice in one call
@@ -261,20 +264,22 @@ def test_a_grounded_lead_quotes_its_task(compiler):
     quote (quotes=None) they are its own, brackets aside."""
     for quote in ("the countries that share a land border with Guatemala", "Guatemala? Look up the Capital",
                   "Capital and ISO alpha-3 code."):
-        assert admits(compiler, lead_grammar(), wave(quote))
+        assert admits(compiler, lead_grammar(entities=[]), wave(quote))
+    assert admits(compiler, lead_grammar(), wave("[Belize] the Capital", "[Mexico] Capital and ISO alpha-3 code."))
+    assert not admits(compiler, lead_grammar(), wave("[Belize] the capital"))
     for words in ("the countries that share a land border with Mexico",  # not the task's
                   "the countries that share a border with Guatemala",  # a word left out
                   "the countries the countries",  # a loop
                   "countries that sh",  # part of a word
                   "Find the list of the countries"):
-        assert not admits(compiler, lead_grammar(), wave(words))
-        assert admits(compiler, lead_grammar(quotes=None), wave(words))
+        assert not admits(compiler, lead_grammar(entities=[]), wave(words))
+        assert admits(compiler, lead_grammar(quotes=None, entities=[]), wave(words))
 
 
 def test_a_grounded_subagent_searches_quotes_of_its_task_and_subtask(compiler):
     user = "Main task (for context only; work on your subtask):\nFind the airports of Peru.\n\nYour subtask:\n[Cusco] the City"
     ebnf = reply_grammar("subagent", width=3, max_queries=2, max_urls=2, thinking=False, seen_urls=SEEN,
-                         answer_lines=[], quotes=user)
+                         answer_blocks=[], quotes=user)
     search = lambda query: tool_call("search", {"queries": [{"query": query, "count": 3}]}, "").split("</think>\n\n")[1]  # noqa: E731
     assert admits(compiler, ebnf, search("[Cusco] the City"))
     assert admits(compiler, ebnf, search("Cusco"))

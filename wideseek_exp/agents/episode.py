@@ -165,11 +165,13 @@ class _AgentState:
     run: AgentRun
     seen_urls: set[str] = field(default_factory=set)  # normalised URLs from this agent's search results
     shown_urls: dict[str, None] = field(default_factory=dict)  # those URLs as the results showed them, in order
-    result_lines: dict[str, None] = field(default_factory=dict)  # the lines of its tool results, in order
+    result_blocks: list[list[str]] = field(default_factory=list)  # the lines of each of its tool results
     reports: list[str] = field(default_factory=list)  # a lead's: its subagents' final reports, in order
     subtasks: list[str] = field(default_factory=list)  # a lead's: the subtasks it delegated, in order
-    # a lead's: the reports of the subtasks that named each entity in brackets ("[name]")
+    # a lead's: the reports of the subtasks that named each entity in brackets ("[name]"), and of those that
+    # named none (they find the entities: agents/grammar.py)
     entity_reports: dict[str, list[str]] = field(default_factory=dict)
+    finding_reports: list[str] = field(default_factory=list)
     recent_calls: list[str] = field(default_factory=list)
 
 
@@ -281,7 +283,7 @@ class Episode:
                 break
 
             result = await self.run_tool(agent, parsed.call, turn_number)
-            agent.result_lines.update(dict.fromkeys(line for line in result.splitlines() if line.strip()))
+            agent.result_blocks.append([line for line in result.splitlines() if line.strip()])
             turn.tool_result = neutralize(prompts.with_turn_hint(result, self.language, turn_number + 1, max_turns))
             followup = chat.followup_ids(turn.tool_result, response)
             if len(context) + len(response) + len(followup) >= max_context:
@@ -300,10 +302,10 @@ class Episode:
         table = lead and self.table
         return reply_grammar(agent.run.role, width=limits.width, max_queries=limits.max_queries,
                              max_urls=limits.max_urls, thinking=limits.thinking, seen_urls=seen,
-                             answer_lines=list(agent.result_lines) if grounded and agent.run.role == SUBAGENT else None,
+                             answer_blocks=agent.result_blocks if grounded and agent.run.role == SUBAGENT else None,
                              table_columns=list(self.task.gold_columns) if table else None,
                              table_cells=report_fields(agent.reports) if table else None,
-                             entities=linked_entities(agent.reports) if lead else None,
+                             entities=linked_entities(agent.finding_reports) if lead else None,
                              delegated=bracketed_names(agent.subtasks) if lead else None,
                              entity_cells=entity_cells(agent.entity_reports) if table else None,
                              quotes=self.quoted_text(agent) if grounded else None)
@@ -351,8 +353,11 @@ class Episode:
         state.reports += [run.final_text for run in runs if run.final_text]
         state.subtasks += subtasks
         for subtask, run in zip(subtasks, runs):
-            for name in bracketed_names([subtask]) if run.final_text else ():
+            names = bracketed_names([subtask])
+            for name in names if run.final_text else ():
                 state.entity_reports.setdefault(name, []).append(run.final_text)
+            if run.final_text and not names:
+                state.finding_reports.append(run.final_text)
         return prompts.subagent_reports(self.language, [(run.subtask, run.final_text, run.failure) for run in runs])
 
     async def search(self, agent: _AgentState, items: list[dict]) -> str:

@@ -16,8 +16,8 @@ at most W subagents, max_queries queries, max_urls pages per call, non-empty str
 tool_grammar=seen_urls an access URL is one of the URLs of the agent's own search results, and an
 agent that has searched nothing cannot call access at all; that is the rule the access tool enforces
 anyway (rollout: only URLs from the agent's own results are read), moved into decoding.
-tool_grammar=grounded also grounds a subagent's final report in what it read: the report is made of whole
-lines of its tool results (the turn hints left out), or is empty. An extraction subagent reports facts it
+tool_grammar=grounded also grounds a subagent's final report in what it read: the report is a run of
+consecutive whole lines of one of its tool results (the turn hints left out), or is empty. An extraction subagent reports facts it
 found, and a small model then cannot misspell or invent the name or the number it copies; it can only
 choose the wrong line. The lead's final table, on a table task, is the markdown table with exactly the
 columns the task names, in their order, and each cell one of the values its subagents reported (the value
@@ -83,17 +83,18 @@ def _call(name: str, arguments: str) -> str:
 
 
 def reply_grammar(role: str, *, width: int, max_queries: int, max_urls: int, thinking: bool,
-                  seen_urls: list[str] | None = None, answer_lines: list[str] | None = None,
+                  seen_urls: list[str] | None = None, answer_blocks: list[list[str]] | None = None,
                   table_columns: list[str] | None = None, table_cells: list[str] | None = None,
                   entities: list[str] | None = None, delegated: list[str] | None = None,
                   entity_cells: dict[str, list[str]] | None = None, quotes: str | None = None) -> str:
     """The EBNF of one reply of `role`. `seen_urls`: None admits any URL (tool_grammar=schema); a list
-    admits only those (seen_urls; an empty list: no access call). `answer_lines` (tool_grammar=grounded, for
-    a subagent): a final answer is made of these lines, each whole, at most once and in this order, or is
-    empty. `table_columns` and `table_cells` (grounded, the lead of a table task): the final answer is the
+    admits only those (seen_urls; an empty list: no access call). `answer_blocks` (tool_grammar=grounded, for
+    a subagent: the lines of each of its tool results): a final answer is a run of consecutive lines of one
+    block, each whole, or is empty. `table_columns` and `table_cells` (grounded, the lead of a table task): the final answer is the
     ```markdown table with exactly these columns, each cell one of `table_cells` or empty. `entities`
-    (grounded, a lead): the names its reports link to, in order; a subtask names one in brackets that is not
-    in `delegated` (the names earlier subtasks gave), the subtasks of a call in this order; the table's rows
+    (grounded, a lead): the names the reports of its entity-finding subtasks link to, in order; once there are
+    any, each subtask names one in brackets that is not in `delegated` (the names earlier subtasks gave), the
+    subtasks of a call in this order, and when every one is delegated the lead can only answer; the table's rows
     are the first of these entities, in order, one row each, and the cells of an entity's row are values
     its `entity_cells` give (the reports on it) or empty. `quotes` (grounded): the text the agent's own words
     quote, a span of it each: a lead's subtasks (its task; with an optional bracketed entity before the
@@ -110,9 +111,11 @@ def reply_grammar(role: str, *, width: int, max_queries: int, max_urls: int, thi
         rules += _span_rules("quote", quotes, _NO_BRACKETS if role == LEAD else _NO_QUOTE)
         rules.append(f'short ::= "\\"" ([^"\\\\\\x00-\\x20<] | tag_free) jchar{{0,{_SHORT_TEXT - 1}}} "\\""')
     if role == LEAD and entities is not None:
-        fresh = [name for name in _names(entities) if name not in set(delegated or ())]
-        rules += _grounded_subtasks(fresh, width, "quote" if quotes is not None else None)
-        calls.append(_call(CREATE_SUB_AGENTS, '"{\\"sub_agents\\": [" sub_0_1 "]}"'))
+        known = _names(entities)
+        fresh = [name for name in known if name not in set(delegated or ())]
+        if fresh or not known:  # once every entity is delegated, the lead can only answer
+            rules += _grounded_subtasks(fresh, width, "quote" if quotes is not None else None)
+            calls.append(_call(CREATE_SUB_AGENTS, '"{\\"sub_agents\\": [" sub_0_1 "]}"'))
     elif role == LEAD:
         rules.append('subtask ::= "{\\"prompt\\": " jtext "}"')
         calls.append(_call(CREATE_SUB_AGENTS, f'"{{\\"sub_agents\\": " {_items("subtask", width)} "}}"'))
@@ -129,8 +132,9 @@ def reply_grammar(role: str, *, width: int, max_queries: int, max_urls: int, thi
             calls.append(_call(ACCESS, '"{\\"url\\": " url ", \\"info_to_extract\\": " jtext "}"'))
     else:
         raise WideseekError(f"unknown role {role!r} for a reply grammar")
-    rules.append("call ::= " + " | ".join(f"({c})" for c in calls))
-    rules.append('tool_call ::= "<tool_call>\\n" call "\\n</tool_call>"')
+    if calls:
+        rules.append("call ::= " + " | ".join(f"({c})" for c in calls))
+        rules.append('tool_call ::= "<tool_call>\\n" call "\\n</tool_call>"')
     if table_columns:
         header = "| " + " | ".join(table_columns) + " |"
         separator = "| " + " | ".join("---" for _ in table_columns) + " |"
@@ -143,18 +147,14 @@ def reply_grammar(role: str, *, width: int, max_queries: int, max_urls: int, thi
         else:
             rules.append(f'answer ::= "```markdown\\n" {_literal(header)} "\\n" {_literal(separator)} rows_0 "\\n```"')
             rules += _entity_rows(_names(entities), len(table_columns) - 1, entity_cells or {})
-    elif answer_lines is None:
+    elif answer_blocks is None:
         rules.append(_ANSWER)
     else:
-        lines = [line for line in dict.fromkeys(answer_lines) if line and "<" not in line]
-        rules.append('answer ::= "" | line_0' if lines else 'answer ::= ""')
-        for i, line in enumerate(lines):  # line_i: lines[i] or a later one, then optionally more after it
-            more = f' ("\\n" line_{i + 1})?' if i + 1 < len(lines) else ""
-            later = f" | line_{i + 1}" if i + 1 < len(lines) else ""
-            rules.append(f"line_{i} ::= {_literal(line)}{more}{later}")
+        rules += _line_runs(answer_blocks)
     rules.append(_THOUGHT)
     head = '"<think>\\n" thought "\\n</think>\\n\\n" ' if thinking else ""
-    return "\n".join([f"root ::= {head}(tool_call | answer)", *rules]) + "\n"
+    body = "(tool_call | answer)" if calls else "answer"
+    return "\n".join([f"root ::= {head}{body}", *rules]) + "\n"
 
 
 def _names(entities: list[str]) -> list[str]:
@@ -164,10 +164,10 @@ def _names(entities: list[str]) -> list[str]:
 
 
 def _grounded_subtasks(names: list[str], width: int, quote: str | None) -> list[str]:
-    """Rules for a grounded lead's subtasks (start: sub_0_1). sub_i_k is the k-th subtask of the call when the
-    call may still name names[i:]; pick_j_k names names[j] or a later one. A subtask is text (a span of the
-    task when `quote` names its rule, else free text without brackets), or one bracketed name, optionally
-    followed by a space and text."""
+    """Rules for a grounded lead's subtasks (start: sub_0_1). Without entities (`names` empty) a subtask is text:
+    a span of the task when `quote` names its rule, else free text without brackets. With entities each
+    subtask names one in brackets, optionally followed by a space and text: sub_i_k is the k-th subtask of
+    the call when the call may still name names[i:], pick_j_k names names[j] or a later one."""
     rules = []
     if quote is None:
         rules.append(r"""
@@ -176,16 +176,16 @@ ptag_free ::= "<" [^"\\\x00-\x1f/t\[\]] | "</" [^"\\\x00-\x1ft\[\]]
 ptext1 ::= ([^"\\\x00-\x20<\[\]] | ptag_free) pchar*
 """.strip())
         quote = "ptext1"
+    if not names:
+        more = f' (", " sub_0_1){{0,{width - 1}}}' if width > 1 else ""
+        return [*rules, f'sub_0_1 ::= "{{\\"prompt\\": \\"" {quote} "\\"}}"{more}']
     for k in range(1, width + 1):
-        for i in range(len(names) + 1):
-            more = f' (", " sub_{i}_{k + 1})?' if k < width else ""
-            named = f' | "[" pick_{i}_{k}' if i < len(names) else ""
-            rules.append(f'sub_{i}_{k} ::= "{{\\"prompt\\": \\"" ({quote} "\\"}}"{more}{named})')
-            if i < len(names):
-                literal = _literal(json.dumps(names[i], ensure_ascii=False)[1:-1])
-                later = f" | pick_{i + 1}_{k}" if i + 1 < len(names) else ""
-                after = f' (", " sub_{i + 1}_{k + 1})?' if k < width else ""
-                rules.append(f'pick_{i}_{k} ::= {literal} "]" (" " {quote})? "\\"}}"{after}{later}')
+        for i in range(len(names)):
+            rules.append(f'sub_{i}_{k} ::= "{{\\"prompt\\": \\"[" pick_{i}_{k}')
+            literal = _literal(json.dumps(names[i], ensure_ascii=False)[1:-1])
+            later = f" | pick_{i + 1}_{k}" if i + 1 < len(names) else ""
+            after = f' (", " sub_{i + 1}_{k + 1})?' if k < width and i + 1 < len(names) else ""
+            rules.append(f'pick_{i}_{k} ::= {literal} "]" (" " {quote})? "\\"}}"{after}{later}')
     return rules
 
 
@@ -209,6 +209,21 @@ def _span_rules(rule: str, text: str, banned: set[str]) -> list[str]:
     if not starts:  # nothing to quote (an empty text): a word of its own
         return [f'{rule} ::= [^"\\\\\\x00-\\x20<>\\[\\]]+']
     return [f"{rule} ::= " + " | ".join(starts), *rules]
+
+
+def _line_runs(blocks: list[list[str]]) -> list[str]:
+    """answer ::= "" or a run of consecutive lines of one block (line_b_i: line i of block b, then optionally
+    line i+1). A line holding "<" cannot be quoted and ends the runs through it."""
+    starts, rules = [], []
+    for b, block in enumerate(blocks):
+        lines = [line.strip() for line in block if line.strip()]
+        for i, line in enumerate(lines):
+            if "<" in line:
+                continue
+            starts.append(f"line_{b}_{i}")
+            more = f' ("\\n" line_{b}_{i + 1})?' if i + 1 < len(lines) and "<" not in lines[i + 1] else ""
+            rules.append(f"line_{b}_{i} ::= {_literal(line)}{more}")
+    return ['answer ::= ""' + "".join(f" | {start}" for start in starts), *rules]
 
 
 def _entity_rows(names: list[str], attributes: int, entity_cells: dict[str, list[str]]) -> list[str]:

@@ -14,7 +14,8 @@ and generated-token masks, and they are the demonstrations of the imitation warm
     subagent  list:   search the subtask as written (5 hits, then 10); read the one hit that is the list of
                       exactly this set; report its member lines as the page writes them ("- [name](url)")
               entity: search the subtask as written (3 hits, then the name alone); read the first hit titled
-                      <name>; report the page's title and the "Label: value" lines asked for, in page order
+                      <name>; report what it read from the page's title to the last "Label: value"
+                      line asked for
 
 Every subtask and every query is a quote of the task or the subtask, and every entity a name a report
 linked to: the words agent.tool_grammar=grounded lets an agent write.
@@ -259,13 +260,14 @@ def _titled(title: str, name: str) -> bool:
 def _entity_reply(subtask: str, name: str, attributes: list[str], seen: _Seen) -> str:
     """Search the subtask as it reads (its name and attributes put the entity's page first for 95% of the train
     tasks' entities, three hits each); read the first hit titled with the name (right for 97%), for the
-    attributes; report the page's title and the "Label: value" lines asked for, in the page's order (a
-    grounded report is lines of what was read, in order). Not found after a
+    attributes; report the lines read from the page's title to the last "Label: value" line asked for (a
+    grounded report is a run of consecutive lines of what was read). Not found after a
     second search (the name alone): an empty report rather than another entity's page."""
     for text in seen.pages.values():
         if _titled(text.split("\n", 1)[0], name):
-            lines = [line for line in text.splitlines() if line.split(": ", 1)[0] in attributes and ": " in line]
-            return answer("\n".join([text.split("\n", 1)[0], *lines]), "Report the facts.")
+            lines = [line for line in text.splitlines() if line.strip()]
+            asked = [i for i, line in enumerate(lines) if ": " in line and line.split(": ", 1)[0] in attributes]
+            return answer("\n".join(lines[: asked[-1] + 1] if asked else lines[:1]), "Report the facts.")
     titled = [url for title, url, _ in seen.hits if "/list/" not in url and url not in seen.pages and _titled(title, name)]
     if titled:
         return tool_call("access", {"urls": [{"url": titled[0], "info_to_extract": _join(attributes)}]},
