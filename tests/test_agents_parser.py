@@ -266,3 +266,15 @@ def test_trajectory_round_trips_through_json_and_rebuilds_sequences():
     assert sub.token_logprobs() == [0, 0, 0, -0.1, -0.2, 0, 0, 0, -0.3]
     assert sub.prefill_tokens == 3 + 8 and sub.generated_tokens == 3 and sub.longest_reply == 2
     assert again.search_calls == 1 and again.access_calls == 0 and again.longest_reply() == 2
+
+
+def test_extractive_summariser_returns_exactly_the_facts_a_request_names_by_label():
+    page = Page("https://miniweb.local/currency/x", "Aldovan Mark (ALM)",
+                "Aldovan Mark (ALM)\n\nThe mark is the currency of Aldova.\n\nFacts\nCode: ALM\nNumeric code: 999\n"
+                "Minor units: 2\nUsed in: Aldova\n\nRelated pages\n- [Aldova](x)")
+    text = summarize(ExtractiveSummarizer(25_000, 4000), page, "Numeric code and Minor units")
+    assert text.splitlines() == ["Aldovan Mark (ALM)", "Numeric code: 999", "Minor units: 2"]  # not "Code"
+    text = summarize(ExtractiveSummarizer(25_000, 4000), page, "the Code, Numeric code and Minor units")
+    assert text.splitlines() == ["Aldovan Mark (ALM)", "Code: ALM", "Numeric code: 999", "Minor units: 2"]
+    text = summarize(ExtractiveSummarizer(25_000, 4000), PAGE, "IATA code and Elevation (ft)")
+    assert text.splitlines() == ["Aldova Airport", "IATA code: ALD", "Elevation (ft): 120"]

@@ -9,8 +9,8 @@ wideseek_exp/rl/imitation.py). At every turn of every agent the model writes its
 the expert had (under the reply grammar when agent.tool_grammar is on, greedy unless --temperature), and
 the reply counts when its action (the reply after its thinking) is exactly the expert's. Printed per kind of step:
 
-    lead.list      the lead's first call: the list subtask, the task's description copied into it
-    lead.wave      a wave of entity subtasks (names and URLs from the list report)
+    lead.list      the lead's first call: the list subtask, the task's description quoted in it
+    lead.wave      a wave of entity subtasks ("[name] the <attributes>", names from the list report)
     lead.table     the final table
     list.search / list.access / list.report      the list subagent's three steps
     entity.search / entity.access / entity.report  an entity subagent's
@@ -35,8 +35,8 @@ def step_kind(agent, turn) -> str:
     if agent.role == "lead":
         if turn.tool_name is None:
             return "lead.table"
-        return "lead.list" if "Find the list of the" in str(turn.tool_arguments) else "lead.wave"
-    kind = "list" if str(agent.subtask or "").startswith("Find the list of the") else "entity"
+        return "lead.wave" if "[" in str(turn.tool_arguments) else "lead.list"
+    kind = "entity" if "[" in str(agent.subtask or "") else "list"
     return f"{kind}.{turn.tool_name or 'report'}"
 
 

@@ -1,8 +1,9 @@
 """What an `access` call returns for one page, given the agent's `info_to_extract`.
 
     none        the page text, cut to max_page_chars
-    extractive  offline: the page's lines that share the most terms with info_to_extract (fact lines
-                such as "Population: 709037" included), in page order, within a character budget
+    extractive  offline: when info_to_extract names fact labels of the page ("Capital and Population"), the
+                title and those fact lines ("Population: 709037"); otherwise the lines that share the most
+                terms with it, in page order, within a character budget
     llm         a helper model extracts the information (the paper's setup); its generation requests
                 go through the rollout's batching scheduler like any agent's
 
@@ -32,6 +33,7 @@ _STOPWORDS = frozenset(
 )
 _LONG_LINE = 400  # lines longer than this are split into sentences, so one paragraph cannot fill the budget
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
+_LABEL_CHARS = 40  # a fact line's label ("Area (km2)") is at most this long
 
 
 def cut(text: str, max_chars: int) -> str:
@@ -81,6 +83,24 @@ def passages(text: str) -> list[str]:
     return pieces
 
 
+def named_facts(lines: list[str], request: str) -> list[int]:
+    """The indices of the fact lines ("Label: value") whose label the request names as a phrase, in page order.
+    Longer labels are matched first and their words consumed, so that "Numeric code and Minor units" names
+    "Numeric code" and not also "Code"."""
+    labels = {}
+    for i, line in enumerate(lines):
+        label = line.split(": ", 1)[0] if ": " in line else ""
+        if label and len(label) <= _LABEL_CHARS:
+            labels.setdefault(label.lower(), []).append(i)
+    text, found = f" {request.lower()} ", []
+    for label in sorted(labels, key=len, reverse=True):
+        pattern = re.compile(rf"(?<![\w-]){re.escape(label)}(?![\w-])")
+        if pattern.search(text):
+            text = pattern.sub(" ", text)
+            found += labels[label]
+    return sorted(found)
+
+
 class ExtractiveSummarizer(Summarizer):
     name = "extractive"
 
@@ -92,6 +112,9 @@ class ExtractiveSummarizer(Summarizer):
         lines = passages(page.text[: self.max_page_chars])
         if not lines:
             return NO_INFORMATION
+        named = named_facts(lines, info_to_extract)
+        if named:  # the request names facts of the page by their labels: the title and exactly those
+            return cut("\n".join([lines[0], *(lines[i] for i in named if i)]), self.max_chars)
         wanted = terms(info_to_extract)
         overlap = [len(wanted & terms(line)) for line in lines]
         if not any(overlap):
