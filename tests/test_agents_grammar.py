@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from scripted_engine import tiny_tokenizer, world_config
 
 from wideseek_exp import WideseekError
-from wideseek_exp.agents.grammar import reply_grammar
+from wideseek_exp.agents.grammar import Grounding, reply_grammar
 from wideseek_exp.agents.parser import CallLimits, parse_reply
 from wideseek_exp.agents.rollout import run_rollouts
 from wideseek_exp.engines.base import SamplingParams
@@ -207,7 +207,7 @@ def test_a_grounded_report_is_a_run_of_consecutive_lines_the_subagent_read(compi
     read = [["Results for \"Cuba\":", "[1] Cuba", "URL: https://miniweb.local/country/cuba"],
             ["Page: https://miniweb.local/country/cuba", "Cuba", "Capital: Havana", "Population: 11210064"]]
     ebnf = reply_grammar("subagent", width=3, max_queries=2, max_urls=2, thinking=True, seen_urls=SEEN,
-                         answer_blocks=read)
+                         grounding=Grounding(blocks=read))
     assert admits(compiler, ebnf, answer("Cuba\nCapital: Havana", "Report."))
     assert admits(compiler, ebnf, answer("Capital: Havana\nPopulation: 11210064", "Report."))
     assert admits(compiler, ebnf, answer("", "Nothing."))
@@ -225,9 +225,9 @@ TASK = "Which are the countries that share a land border with Guatemala? Look up
 
 
 def lead_grammar(delegated=(), cells=None, width=3, quotes=TASK, entities=ENTITIES):
+    grounding = Grounding(quotes=quotes, entities=entities, delegated=list(delegated), entity_cells=cells or {})
     return reply_grammar("lead", width=width, max_queries=2, max_urls=2, thinking=False,
-                         table_columns=["Country", "Capital", "ISO alpha-3 code"], table_cells=[],
-                         entities=entities, delegated=list(delegated), entity_cells=cells or {}, quotes=quotes)
+                         table_columns=["Country", "Capital", "ISO alpha-3 code"], table_cells=[], grounding=grounding)
 
 
 def wave(*prompts):  # a call with thinking off
@@ -279,15 +279,15 @@ def test_a_grounded_lead_quotes_its_task(compiler):
 def test_a_grounded_subagent_searches_quotes_of_its_task_and_subtask(compiler):
     user = "Main task (for context only; work on your subtask):\nFind the airports of Peru.\n\nYour subtask:\n[Cusco] the City"
     ebnf = reply_grammar("subagent", width=3, max_queries=2, max_urls=2, thinking=False, seen_urls=SEEN,
-                         answer_blocks=[], quotes=user)
+                         grounding=Grounding(quotes=user, blocks=[]))
     search = lambda query: tool_call("search", {"queries": [{"query": query, "count": 3}]}, "").split("</think>\n\n")[1]  # noqa: E731
     assert admits(compiler, ebnf, search("[Cusco] the City"))
     assert admits(compiler, ebnf, search("Cusco"))
     assert admits(compiler, ebnf, search("airports of Peru"))
     assert not admits(compiler, ebnf, search("Cusco airport"))
     access = lambda info: tool_call("access", {"urls": [{"url": SEEN[1], "info_to_extract": info}]}, "").split("</think>\n\n")[1]  # noqa: E731
-    assert admits(compiler, ebnf, access("the City, in a few words of my own"))
-    assert not admits(compiler, ebnf, access("x" * 200))  # free text is short: a loop cannot run on
+    assert admits(compiler, ebnf, access("the City"))
+    assert not admits(compiler, ebnf, access("the City, in a few words of my own"))
 
 
 def test_a_grounded_table_has_the_first_entities_as_rows_with_cells_from_the_reports_on_each(compiler):
@@ -326,3 +326,20 @@ def test_with_thinking_off_the_expert_replies_without_a_think_block(compiler):
     assert all(admits(compiler, turn.grammar, tokenizer.decode(turn.response_ids).removesuffix("<|im_end|>"))
                for trajectory in trajectories for run in trajectory.agents for turn in run.turns)
     assert any(trajectory.final_answer and "|" in trajectory.final_answer for trajectory in trajectories)
+
+
+def test_a_grounded_entity_subagent_may_report_its_row_of_the_table(compiler):
+    """Keyed by the entity its subtask names, each cell a value it read or empty, as many as the task's columns."""
+    read = [["Page: https://miniweb.local/country/cuba", "Cuba", "Capital: Havana", "ISO alpha-3 code: CUB"]]
+    grounding = Grounding(blocks=read, row_keys=["Cuba"], row_cells=["Havana", "CUB"], row_width=2)
+    ebnf = reply_grammar("subagent", width=3, max_queries=2, max_urls=2, thinking=False, seen_urls=SEEN,
+                         grounding=grounding)
+    assert admits(compiler, ebnf, "| Cuba | Havana | CUB |")
+    assert admits(compiler, ebnf, "| Cuba |  | CUB |")
+    assert admits(compiler, ebnf, "Cuba\nCapital: Havana")  # lines read, as before
+    assert not admits(compiler, ebnf, "| Cuba | Havana |")  # a cell short
+    assert not admits(compiler, ebnf, "| Chad | Havana | CUB |")  # another entity
+    assert not admits(compiler, ebnf, "| Cuba | La Habana | CUB |")  # not a value it read
+    lead_cells = __import__("wideseek_exp.agents.grammar", fromlist=["report_fields"]).report_fields(
+        ["| Cuba | Havana | a \\| b |"])
+    assert lead_cells == ["Havana", "a \\| b"]  # the lead's cells: the row's cells after the key

@@ -35,6 +35,7 @@ from functools import partial
 
 from wideseek_exp.agents import prompts
 from wideseek_exp.agents.grammar import (
+    Grounding,
     bracketed_names,
     check_mode,
     entity_cells,
@@ -166,6 +167,7 @@ class _AgentState:
     seen_urls: set[str] = field(default_factory=set)  # normalised URLs from this agent's search results
     shown_urls: dict[str, None] = field(default_factory=dict)  # those URLs as the results showed them, in order
     result_blocks: list[list[str]] = field(default_factory=list)  # the lines of each of its tool results
+    pages_read: list[str] = field(default_factory=list)  # the results of its access calls
     reports: list[str] = field(default_factory=list)  # a lead's: its subagents' final reports, in order
     subtasks: list[str] = field(default_factory=list)  # a lead's: the subtasks it delegated, in order
     # a lead's: the reports of the subtasks that named each entity in brackets ("[name]"), and of those that
@@ -284,6 +286,8 @@ class Episode:
 
             result = await self.run_tool(agent, parsed.call, turn_number)
             agent.result_blocks.append([line for line in result.splitlines() if line.strip()])
+            if parsed.call.name == ACCESS:
+                agent.pages_read.append(result)
             turn.tool_result = neutralize(prompts.with_turn_hint(result, self.language, turn_number + 1, max_turns))
             followup = chat.followup_ids(turn.tool_result, response)
             if len(context) + len(response) + len(followup) >= max_context:
@@ -297,18 +301,25 @@ class Episode:
         """The reply grammar of this agent's next turn (agent.tool_grammar)."""
         limits = self.rollout.limits
         seen = list(agent.shown_urls) if limits.tool_grammar in ("seen_urls", "grounded") else None
-        grounded = limits.tool_grammar == "grounded"
-        lead = grounded and agent.run.role == LEAD
-        table = lead and self.table
+        table = self.table and agent.run.role == LEAD
+        grounding = self.grounding(agent) if limits.tool_grammar == "grounded" else None
         return reply_grammar(agent.run.role, width=limits.width, max_queries=limits.max_queries,
                              max_urls=limits.max_urls, thinking=limits.thinking, seen_urls=seen,
-                             answer_blocks=agent.result_blocks if grounded and agent.run.role == SUBAGENT else None,
-                             table_columns=list(self.task.gold_columns) if table else None,
-                             table_cells=report_fields(agent.reports) if table else None,
-                             entities=linked_entities(agent.finding_reports) if lead else None,
-                             delegated=bracketed_names(agent.subtasks) if lead else None,
-                             entity_cells=entity_cells(agent.entity_reports) if table else None,
-                             quotes=self.quoted_text(agent) if grounded else None)
+                             table_columns=list(self.task.gold_columns) if table and grounding else None,
+                             table_cells=report_fields(agent.reports) if table and grounding else None,
+                             grounding=grounding)
+
+    def grounding(self, agent: _AgentState) -> Grounding:
+        """What a grounded agent's words come from (agents/grammar.py: Grounding)."""
+        quotes = self.quoted_text(agent)
+        if agent.run.role == LEAD:
+            return Grounding(quotes=quotes, entities=linked_entities(agent.finding_reports),
+                             delegated=bracketed_names(agent.subtasks), entity_cells=entity_cells(agent.entity_reports))
+        if agent.run.role == SUBAGENT:
+            keys = bracketed_names([agent.run.subtask or ""]) if self.table else None
+            return Grounding(quotes=quotes, blocks=agent.result_blocks, row_keys=keys,
+                             row_cells=report_fields(agent.pages_read), row_width=len(self.task.gold_columns) - 1)
+        return Grounding(quotes=quotes)
 
     def quoted_text(self, agent: _AgentState) -> str | None:
         """What a grounded agent's own words quote (agents/grammar.py): the lead's subtasks quote its task, a

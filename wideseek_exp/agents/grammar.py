@@ -40,12 +40,14 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 
 from wideseek_exp import WideseekError
 from wideseek_exp.agents.tools import ACCESS, CREATE_SUB_AGENTS, LEAD, SEARCH, SINGLE, SUBAGENT
 
 MODES = ("off", "schema", "seen_urls", "grounded")
 _LINK_TEXT = re.compile(r"\[((?:[^\]\\]|\\.)+)\]\(")
+_CELL_SPLIT = re.compile(r" \| ")
 
 # A JSON string's characters: anything but a quote, a backslash or a control character, or an escape; and no
 # "<t" or "</t", so that no string opens or closes a think block or a tool call for the parser.
@@ -62,8 +64,6 @@ _THOUGHT = r'thought ::= [^<]*'
 _PIECE = re.compile(r"\w+|[^\w\s]")
 _NO_QUOTE = set("<>")
 _NO_BRACKETS = set("<>[]")  # a lead's quotes: brackets only name entities
-# Free text in a grounded call (info_to_extract): at most this many characters, so a loop cannot run on.
-_SHORT_TEXT = 160
 _BRACKETED = re.compile(r"\[([^\[\]]+)\]")
 
 
@@ -82,24 +82,42 @@ def _call(name: str, arguments: str) -> str:
     return f'"{{\\"name\\": \\"{name}\\", \\"arguments\\": " {arguments} "}}"'
 
 
+@dataclass
+class Grounding:
+    """What a grounded agent's words must come from (tool_grammar=grounded; None fields: not grounded).
+
+    quotes        the text its own words quote, a span each: a lead's subtasks (its task), a subagent's
+                  queries and info_to_extract (its task and subtask)
+    blocks        a subagent's tool results, as lines: its report may be a run of consecutive lines of one
+    row_keys      a subagent's entities (the names its subtask gives in brackets) on a table task: its report
+                  may instead be one row of the task's table, keyed by one of them, with `row_cells` (values
+                  from what it read) or empty cells, `row_width` of them after the key
+    entities      a lead's entities (the names the reports of its entity-finding subtasks link to, in order);
+                  once there are any, each subtask names one in brackets that no earlier subtask named
+                  (`delegated`), a call names them in this order, and once all are delegated the lead can
+                  only answer; its table's rows are the first entities in order, one row each, with cells
+                  from `entity_cells` (the values of the reports on each entity) or empty
+    """
+
+    quotes: str | None = None
+    blocks: list[list[str]] | None = None
+    row_keys: list[str] | None = None
+    row_cells: list[str] = field(default_factory=list)
+    row_width: int = 0
+    entities: list[str] | None = None
+    delegated: list[str] = field(default_factory=list)
+    entity_cells: dict[str, list[str]] = field(default_factory=dict)
+
+
 def reply_grammar(role: str, *, width: int, max_queries: int, max_urls: int, thinking: bool,
-                  seen_urls: list[str] | None = None, answer_blocks: list[list[str]] | None = None,
-                  table_columns: list[str] | None = None, table_cells: list[str] | None = None,
-                  entities: list[str] | None = None, delegated: list[str] | None = None,
-                  entity_cells: dict[str, list[str]] | None = None, quotes: str | None = None) -> str:
+                  seen_urls: list[str] | None = None, table_columns: list[str] | None = None,
+                  table_cells: list[str] | None = None, grounding: Grounding | None = None) -> str:
     """The EBNF of one reply of `role`. `seen_urls`: None admits any URL (tool_grammar=schema); a list
-    admits only those (seen_urls; an empty list: no access call). `answer_blocks` (tool_grammar=grounded, for
-    a subagent: the lines of each of its tool results): a final answer is a run of consecutive lines of one
-    block, each whole, or is empty. `table_columns` and `table_cells` (grounded, the lead of a table task): the final answer is the
-    ```markdown table with exactly these columns, each cell one of `table_cells` or empty. `entities`
-    (grounded, a lead): the names the reports of its entity-finding subtasks link to, in order; once there are
-    any, each subtask names one in brackets that is not in `delegated` (the names earlier subtasks gave), the
-    subtasks of a call in this order, and when every one is delegated the lead can only answer; the table's rows
-    are the first of these entities, in order, one row each, and the cells of an entity's row are values
-    its `entity_cells` give (the reports on it) or empty. `quotes` (grounded): the text the agent's own words
-    quote, a span of it each: a lead's subtasks (its task; with an optional bracketed entity before the
-    span), a subagent's search queries (its task and subtask); its info_to_extract is at most _SHORT_TEXT
-    characters."""
+    admits only those (seen_urls; an empty list: no access call). `table_columns` and `table_cells` (the lead
+    of a table task, grounded): the final answer is the ```markdown table with exactly these columns, each
+    cell one of `table_cells` or empty. `grounding` (tool_grammar=grounded): Grounding."""
+    g = grounding or Grounding()
+    quotes, entities = g.quotes, g.entities
     rules = [_JSON_TEXT]
     calls = []
     if seen_urls is None:
@@ -109,10 +127,9 @@ def reply_grammar(role: str, *, width: int, max_queries: int, max_urls: int, thi
     can_access = seen_urls is None or bool(seen_urls)
     if quotes is not None:
         rules += _span_rules("quote", quotes, _NO_BRACKETS if role == LEAD else _NO_QUOTE)
-        rules.append(f'short ::= "\\"" ([^"\\\\\\x00-\\x20<] | tag_free) jchar{{0,{_SHORT_TEXT - 1}}} "\\""')
     if role == LEAD and entities is not None:
         known = _names(entities)
-        fresh = [name for name in known if name not in set(delegated or ())]
+        fresh = [name for name in known if name not in set(g.delegated)]
         if fresh or not known:  # once every entity is delegated, the lead can only answer
             rules += _grounded_subtasks(fresh, width, "quote" if quotes is not None else None)
             calls.append(_call(CREATE_SUB_AGENTS, '"{\\"sub_agents\\": [" sub_0_1 "]}"'))
@@ -120,11 +137,11 @@ def reply_grammar(role: str, *, width: int, max_queries: int, max_urls: int, thi
         rules.append('subtask ::= "{\\"prompt\\": " jtext "}"')
         calls.append(_call(CREATE_SUB_AGENTS, f'"{{\\"sub_agents\\": " {_items("subtask", width)} "}}"'))
     elif role == SUBAGENT:
-        text, info = ('"\\"" quote "\\""', "short") if quotes is not None else ("jtext", "jtext")
+        text = '"\\"" quote "\\""' if quotes is not None else "jtext"
         rules.append(f'query ::= "{{\\"query\\": " {text} (", \\"count\\": " count)? "}}"')
         calls.append(_call(SEARCH, f'"{{\\"queries\\": " {_items("query", max_queries)} "}}"'))
         if can_access:
-            rules.append(f'page ::= "{{\\"url\\": " url ", \\"info_to_extract\\": " {info} "}}"')
+            rules.append(f'page ::= "{{\\"url\\": " url ", \\"info_to_extract\\": " {text} "}}"')
             calls.append(_call(ACCESS, f'"{{\\"urls\\": " {_items("page", max_urls)} "}}"'))
     elif role == SINGLE:
         calls.append(_call(SEARCH, '"{\\"query\\": " jtext (", \\"count\\": " count)? "}"'))
@@ -146,11 +163,15 @@ def reply_grammar(role: str, *, width: int, max_queries: int, max_urls: int, thi
             rules.append(f"row ::= {row}")
         else:
             rules.append(f'answer ::= "```markdown\\n" {_literal(header)} "\\n" {_literal(separator)} rows_0 "\\n```"')
-            rules += _entity_rows(_names(entities), len(table_columns) - 1, entity_cells or {})
-    elif answer_blocks is None:
+            rules += _entity_rows(_names(entities), len(table_columns) - 1, g.entity_cells)
+    elif g.blocks is None:
         rules.append(_ANSWER)
     else:
-        rules += _line_runs(answer_blocks)
+        rules += _line_runs(g.blocks)
+        if not g.row_keys:
+            rules.append("answer ::= answer_lines")
+        if g.row_keys:
+            rules += _report_row(_names(g.row_keys), g.row_cells, g.row_width)
     rules.append(_THOUGHT)
     head = '"<think>\\n" thought "\\n</think>\\n\\n" ' if thinking else ""
     body = "(tool_call | answer)" if calls else "answer"
@@ -223,7 +244,16 @@ def _line_runs(blocks: list[list[str]]) -> list[str]:
             starts.append(f"line_{b}_{i}")
             more = f' ("\\n" line_{b}_{i + 1})?' if i + 1 < len(lines) and "<" not in lines[i + 1] else ""
             rules.append(f"line_{b}_{i} ::= {_literal(line)}{more}")
-    return ['answer ::= ""' + "".join(f" | {start}" for start in starts), *rules]
+    return ['answer_lines ::= ""' + "".join(f" | {start}" for start in starts), *rules]
+
+
+def _report_row(keys: list[str], cells: list[str], width: int) -> list[str]:
+    """A subagent's report as one table row: answer ::= ... | "| " key (" | " cell){width} " |"."""
+    values = [v for v in dict.fromkeys(cells) if v and "<" not in v and "\n" not in v]
+    return ["answer ::= answer_lines | report_row",
+            "report_row ::= \"| \" (" + " | ".join(_literal(k.replace("|", "\\|")) for k in keys) + ")"
+            + ' " | " report_cell' * width + ' " |"',
+            "report_cell ::= " + " | ".join(['""', *(_literal(v) for v in values)])]
 
 
 def _entity_rows(names: list[str], attributes: int, entity_cells: dict[str, list[str]]) -> list[str]:
@@ -262,11 +292,14 @@ def entity_cells(reports: dict[str, list[str]]) -> dict[str, list[str]]:
 
 
 def report_fields(reports: list[str]) -> list[str]:
-    """The values subagents' reports offer a table cell: the value after "Label: " on a line, and the text of
-    each markdown link "[text](url)" (also unescaped), in order of appearance ("|" escaped, as a cell writes
-    it)."""
+    """The values subagents' reports offer a table cell: the value after "Label: " on a line, the text of each
+    markdown link "[text](url)" (also unescaped), and the cells after the key of a report that is a table
+    row, in order of appearance ("|" escaped, as a cell writes it)."""
     fields = []
     for line in "\n".join(reports).splitlines():
+        if line.startswith("| ") and line.endswith(" |"):
+            fields += [cell.strip().replace("\\|", "|") for cell in _CELL_SPLIT.split(line[2:-2])[1:]]
+            continue
         if ": " in line:
             fields.append(line.split(": ", 1)[1].strip())
         for anchor in _LINK_TEXT.findall(line):

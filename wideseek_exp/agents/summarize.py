@@ -60,12 +60,14 @@ class Summarizer:
 
 
 def terms(text: str) -> set[str]:
-    """Lower-cased content words (a plural 's' dropped) and single CJK characters."""
+    """Lower-cased content words (plurals made singular: "s" dropped, "ies" -> "y") and single CJK characters."""
     words = set()
     for word in _TERM.findall(text.lower()):
         if word in _STOPWORDS:
             continue
-        if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        if len(word) > 4 and word.endswith("ies"):
+            word = word[:-3] + "y"  # countries, cities, currencies: the singular their pages' links use
+        elif len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
             word = word[:-1]
         words.add(word)
     return words

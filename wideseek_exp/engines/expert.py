@@ -14,14 +14,14 @@ and generated-token masks, and they are the demonstrations of the imitation warm
     subagent  list:   search the subtask as written (5 hits, then 10); read the one hit that is the list of
                       exactly this set; report its member lines as the page writes them ("- [name](url)")
               entity: search the subtask as written (3 hits, then the name alone); read the first hit titled
-                      <name>; report what it read from the page's title to the last "Label: value"
-                      line asked for
+                      <name>; report the entity's row of the task's table ("| <name> | <value> | ... |")
 
 Every subtask and every query is a quote of the task or the subtask, and every entity a name a report
 linked to: the words agent.tool_grammar=grounded lets an agent write.
 
-Every report is made of lines of what the subagent read, and one that found nothing reports nothing (an
-empty report): the reports agent.tool_grammar=grounded admits.
+A list report is a run of lines the subagent read, an entity report one row of the table with values it
+read, and one that found nothing reports nothing (an empty report): the reports agent.tool_grammar=grounded
+admits.
 
 Every decision is one a small model can learn to copy: one call per turn, one page per access, reports
 that repeat lines of the page in its order, thinking in fixed sentences (none when the model's thinking is
@@ -146,6 +146,16 @@ def _reports(chat: Conversation):
             yield prompt, report
 
 
+def _row_facts(report: str, attributes: list[str]) -> dict[str, str]:
+    """An entity report's facts by column: the cells after the key of a report that is a table row, else its
+    "Label: value" lines. Cells keep the escaped pipe a table writes."""
+    for line in report.splitlines():
+        if line.startswith("| ") and line.endswith(" |"):
+            cells = [cell.strip() for cell in re.split(r" \| ", line[2:-2])[1:]]
+            return {a: c.replace("\\|", "|") for a, c in zip(attributes, cells) if c}
+    return dict(line.split(": ", 1) for line in report.splitlines() if ": " in line)
+
+
 def lead_reply(chat: Conversation) -> str:
     spec = read_task(chat.user)
     if spec is None:
@@ -165,7 +175,7 @@ def lead_reply(chat: Conversation) -> str:
         elif entity := _ENTITY_SUBTASK.match(prompt):
             name = entity.group(1)
             asked.add(name)
-            facts[name] = dict(line.split(": ", 1) for line in report.splitlines() if ": " in line)
+            facts[name] = _row_facts(report, _split_join(entity.group(2)))
 
     last_turn = chat.turn >= max_turns
     # No list yet: ask for it (once more after a failed try: another subagent may find it).
@@ -242,9 +252,8 @@ def _list_reply(subtask: str, description: str, seen: _Seen) -> str:
             return answer("\n".join(members), "This page is the list.")
     match = next((url for _, url, snippet in seen.hits if _is_the_list(snippet, description)
                   and url not in seen.pages), None)
-    if match is not None:
-        return tool_call("access", {"urls": [{"url": match, "info_to_extract": "every entry with its https link"}]},
-                         "Read the list page.")
+    if match is not None:  # what to extract, in the subtask's own words (the members' links name their kind)
+        return tool_call("access", {"urls": [{"url": match, "info_to_extract": subtask}]}, "Read the list page.")
     searched = seen.queries.count(subtask)
     if searched < 2:  # 5 hits, then 10 when the list was not among them
         return tool_call("search", {"queries": [{"query": subtask, "count": 10 if searched else 5}]},
@@ -260,18 +269,18 @@ def _titled(title: str, name: str) -> bool:
 def _entity_reply(subtask: str, name: str, attributes: list[str], seen: _Seen) -> str:
     """Search the subtask as it reads (its name and attributes put the entity's page first for 95% of the train
     tasks' entities, three hits each); read the first hit titled with the name (right for 97%), for the
-    attributes; report the lines read from the page's title to the last "Label: value" line asked for (a
-    grounded report is a run of consecutive lines of what was read). Not found after a
+    attributes in the subtask's words; report the entity's row of the task's table: its name, then the value
+    the page gives for each attribute asked, in order (empty where the page has none). Not found after a
     second search (the name alone): an empty report rather than another entity's page."""
     for text in seen.pages.values():
         if _titled(text.split("\n", 1)[0], name):
-            lines = [line for line in text.splitlines() if line.strip()]
-            asked = [i for i, line in enumerate(lines) if ": " in line and line.split(": ", 1)[0] in attributes]
-            return answer("\n".join(lines[: asked[-1] + 1] if asked else lines[:1]), "Report the facts.")
+            found = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+            cells = [name, *(found.get(attribute, "").strip() for attribute in attributes)]
+            return answer("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |", "Report the row.")
     titled = [url for title, url, _ in seen.hits if "/list/" not in url and url not in seen.pages and _titled(title, name)]
     if titled:
-        return tool_call("access", {"urls": [{"url": titled[0], "info_to_extract": _join(attributes)}]},
-                         "Read the page.")
+        request = subtask.split("] ", 1)[1]  # "the <attributes>", quoted from the subtask
+        return tool_call("access", {"urls": [{"url": titled[0], "info_to_extract": request}]}, "Read the page.")
     for query, count in ((subtask, 3), (name, 5)):
         if query not in seen.queries:
             return tool_call("search", {"queries": [{"query": query, "count": count}]}, "Search for the page.")
