@@ -247,6 +247,8 @@ def test_a_grounded_lead_delegates_each_reported_entity_once_in_the_reports_orde
     assert not admits(compiler, lead_grammar(), wave("the countries that share a land border with Guatemala"))
     assert admits(compiler, lead_grammar(entities=[]), wave("the countries that share a land border with Guatemala"))
     assert not admits(compiler, lead_grammar(entities=[]), wave(ask("Belize")))
+    finding = "the countries that share a land border with Guatemala"
+    assert not admits(compiler, lead_grammar(entities=[]), wave(finding, finding))  # one finding subtask a call
     # all delegated: the lead can only answer
     assert not admits(compiler, lead_grammar(ENTITIES), wave("the countries that share a land border with Guatemala"))
     assert admits(compiler, lead_grammar(ENTITIES), table("| Belize |  |  |"))

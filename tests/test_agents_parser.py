@@ -224,10 +224,10 @@ def test_none_summariser_cuts_the_page():
 
 def test_extractive_summariser_keeps_the_title_and_the_matching_fact_lines():
     text = summarize(ExtractiveSummarizer(25_000, 4000), PAGE, "the IATA and the elevation")
-    assert text.splitlines() == ["Aldova Airport", "IATA code: ALD", "Elevation (ft): 120"]
+    assert text.splitlines() == ["Aldova Airport", "", "IATA code: ALD", "Elevation (ft): 120"]  # paragraphs kept
     # A small budget keeps the best-matching lines first ("code" alone also matches the ICAO line).
     ranked = summarize(ExtractiveSummarizer(25_000, 30), PAGE, "IATA codes")
-    assert ranked.splitlines() == ["Aldova Airport", "IATA code: ALD"]
+    assert ranked.splitlines() == ["Aldova Airport", "", "IATA code: ALD"]
     # Nothing matches: the start of the page, so the agent still learns what the page is.
     assert summarize(ExtractiveSummarizer(25_000, 4000), PAGE, "zzz").startswith("Aldova Airport")
 
@@ -272,9 +272,19 @@ def test_extractive_summariser_returns_exactly_the_facts_a_request_names_by_labe
     page = Page("https://miniweb.local/currency/x", "Aldovan Mark (ALM)",
                 "Aldovan Mark (ALM)\n\nThe mark is the currency of Aldova.\n\nFacts\nCode: ALM\nNumeric code: 999\n"
                 "Minor units: 2\nUsed in: Aldova\n\nRelated pages\n- [Aldova](x)")
-    text = summarize(ExtractiveSummarizer(25_000, 4000), page, "Numeric code and Minor units")
-    assert text.splitlines() == ["Aldovan Mark (ALM)", "Numeric code: 999", "Minor units: 2"]  # not "Code"
-    text = summarize(ExtractiveSummarizer(25_000, 4000), page, "the Code, Numeric code and Minor units")
-    assert text.splitlines() == ["Aldovan Mark (ALM)", "Code: ALM", "Numeric code: 999", "Minor units: 2"]
-    text = summarize(ExtractiveSummarizer(25_000, 4000), PAGE, "IATA code and Elevation (ft)")
-    assert text.splitlines() == ["Aldova Airport", "IATA code: ALD", "Elevation (ft): 120"]
+    lines = lambda info, page=page: [x for x in summarize(ExtractiveSummarizer(25_000, 4000), page, info).splitlines() if x]  # noqa: E731
+    assert lines("Numeric code and Minor units") == ["Aldovan Mark (ALM)", "Numeric code: 999", "Minor units: 2"]
+    assert lines("the Code, Numeric code and Minor units") == [
+        "Aldovan Mark (ALM)", "Code: ALM", "Numeric code: 999", "Minor units: 2"]
+    assert lines("IATA code and Elevation (ft)", PAGE) == ["Aldova Airport", "IATA code: ALD", "Elevation (ft): 120"]
+
+
+def test_extractive_summariser_keeps_a_lists_members_one_paragraph():
+    page = Page("https://miniweb.local/list/x", "Cities in Aldova",
+                "Cities in Aldova\n\nThis list names 2 entries, the cities in Aldova.\n\n"
+                "- [Alda](https://miniweb.local/city/alda)\n- [Bel](https://miniweb.local/city/bel)\n\n"
+                "Related lists\n- [Cities in Chad](https://miniweb.local/list/cities-in-chad)")
+    text = summarize(ExtractiveSummarizer(25_000, 4000), page, "the cities in Aldova")
+    paragraphs = text.split("\n\n")
+    assert "- [Alda](https://miniweb.local/city/alda)\n- [Bel](https://miniweb.local/city/bel)" in paragraphs
+    assert paragraphs[-1] == "- [Cities in Chad](https://miniweb.local/list/cities-in-chad)"  # "cities" -> "city"

@@ -29,6 +29,7 @@ Failure flags (per agent; a failed agent has no final text, and the lead reads a
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -166,7 +167,7 @@ class _AgentState:
     run: AgentRun
     seen_urls: set[str] = field(default_factory=set)  # normalised URLs from this agent's search results
     shown_urls: dict[str, None] = field(default_factory=dict)  # those URLs as the results showed them, in order
-    result_blocks: list[list[str]] = field(default_factory=list)  # the lines of each of its tool results
+    result_blocks: list[list[str]] = field(default_factory=list)  # the lines of each paragraph of its tool results
     pages_read: list[str] = field(default_factory=list)  # the results of its access calls
     reports: list[str] = field(default_factory=list)  # a lead's: its subagents' final reports, in order
     subtasks: list[str] = field(default_factory=list)  # a lead's: the subtasks it delegated, in order
@@ -285,7 +286,9 @@ class Episode:
                 break
 
             result = await self.run_tool(agent, parsed.call, turn_number)
-            agent.result_blocks.append([line for line in result.splitlines() if line.strip()])
+            # each paragraph of a result is a block: a grounded report quotes a run of lines of one
+            agent.result_blocks += [[line for line in block.splitlines() if line.strip()]
+                                    for block in re.split(r"\n\s*\n", result) if block.strip()]
             if parsed.call.name == ACCESS:
                 agent.pages_read.append(result)
             turn.tool_result = neutralize(prompts.with_turn_hint(result, self.language, turn_number + 1, max_turns))

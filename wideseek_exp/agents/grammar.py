@@ -17,7 +17,8 @@ tool_grammar=seen_urls an access URL is one of the URLs of the agent's own searc
 agent that has searched nothing cannot call access at all; that is the rule the access tool enforces
 anyway (rollout: only URLs from the agent's own results are read), moved into decoding.
 tool_grammar=grounded also grounds a subagent's final report in what it read: the report is a run of
-consecutive whole lines of one of its tool results (the turn hints left out), or is empty. An extraction subagent reports facts it
+consecutive whole lines of one paragraph of its tool results (the turn hints left out), or is empty, so a
+list's members are reported whole or in part but never mixed with what follows them. An extraction subagent reports facts it
 found, and a small model then cannot misspell or invent the name or the number it copies; it can only
 choose the wrong line. The lead's final table, on a table task, is the markdown table with exactly the
 columns the task names, in their order, and each cell one of the values its subagents reported (the value
@@ -88,12 +89,14 @@ class Grounding:
 
     quotes        the text its own words quote, a span each: a lead's subtasks (its task), a subagent's
                   queries and info_to_extract (its task and subtask)
-    blocks        a subagent's tool results, as lines: its report may be a run of consecutive lines of one
+    blocks        the paragraphs of a subagent's tool results, as lines: its report may be a run of
+                  consecutive lines of one
     row_keys      a subagent's entities (the names its subtask gives in brackets) on a table task: its report
                   may instead be one row of the task's table, keyed by one of them, with `row_cells` (values
                   from what it read) or empty cells, `row_width` of them after the key
     entities      a lead's entities (the names the reports of its entity-finding subtasks link to, in order);
-                  once there are any, each subtask names one in brackets that no earlier subtask named
+                  while there are none, a call has one subtask, which finds them; once there are any, each
+                  subtask names one in brackets that no earlier subtask named
                   (`delegated`), a call names them in this order, and once all are delegated the lead can
                   only answer; its table's rows are the first entities in order, one row each, with cells
                   from `entity_cells` (the values of the reports on each entity) or empty
@@ -185,8 +188,8 @@ def _names(entities: list[str]) -> list[str]:
 
 
 def _grounded_subtasks(names: list[str], width: int, quote: str | None) -> list[str]:
-    """Rules for a grounded lead's subtasks (start: sub_0_1). Without entities (`names` empty) a subtask is text:
-    a span of the task when `quote` names its rule, else free text without brackets. With entities each
+    """Rules for a grounded lead's subtasks (start: sub_0_1). Without entities (`names` empty) the call has one
+    subtask, text: a span of the task when `quote` names its rule, else free text without brackets. With entities each
     subtask names one in brackets, optionally followed by a space and text: sub_i_k is the k-th subtask of
     the call when the call may still name names[i:], pick_j_k names names[j] or a later one."""
     rules = []
@@ -197,9 +200,8 @@ ptag_free ::= "<" [^"\\\x00-\x1f/t\[\]] | "</" [^"\\\x00-\x1ft\[\]]
 ptext1 ::= ([^"\\\x00-\x20<\[\]] | ptag_free) pchar*
 """.strip())
         quote = "ptext1"
-    if not names:
-        more = f' (", " sub_0_1){{0,{width - 1}}}' if width > 1 else ""
-        return [*rules, f'sub_0_1 ::= "{{\\"prompt\\": \\"" {quote} "\\"}}"{more}']
+    if not names:  # one subtask finds the entities (copies of it would only repeat its search)
+        return [*rules, f'sub_0_1 ::= "{{\\"prompt\\": \\"" {quote} "\\"}}"']
     for k in range(1, width + 1):
         for i in range(len(names)):
             rules.append(f'sub_{i}_{k} ::= "{{\\"prompt\\": \\"[" pick_{i}_{k}')

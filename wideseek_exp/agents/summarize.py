@@ -3,7 +3,8 @@
     none        the page text, cut to max_page_chars
     extractive  offline: when info_to_extract names fact labels of the page ("Capital and Population"), the
                 title and those fact lines ("Population: 709037"); otherwise the lines that share the most
-                terms with it, in page order, within a character budget
+                terms with it, within a character budget; in page order either way, a blank line between
+                lines of different paragraphs (a list's members stay one paragraph)
     llm         a helper model extracts the information (the paper's setup); its generation requests
                 go through the rollout's batching scheduler like any agent's
 
@@ -75,14 +76,33 @@ def terms(text: str) -> set[str]:
 
 def passages(text: str) -> list[str]:
     """The page's non-empty lines; long lines split into sentences."""
-    pieces = []
+    return [line for _, line in paragraph_passages(text)]
+
+
+def paragraph_passages(text: str) -> list[tuple[int, str]]:
+    """passages() with the index of the paragraph (blank-line separated) each comes from."""
+    pieces, paragraph = [], 0
     for line in text.splitlines():
         line = line.strip()
-        if len(line) > _LONG_LINE:
-            pieces.extend(s.strip() for s in _SENTENCE_END.split(line) if s.strip())
-        elif line:
-            pieces.append(line)
+        if not line:
+            paragraph += 1
+        elif len(line) > _LONG_LINE:
+            pieces.extend((paragraph, s.strip()) for s in _SENTENCE_END.split(line) if s.strip())
+        else:
+            pieces.append((paragraph, line))
     return pieces
+
+
+def _in_paragraphs(pieces: list[tuple[int, str]], chosen) -> str:
+    """The chosen passages in page order, a blank line between those of different paragraphs."""
+    out, last = [], None
+    for i in sorted(chosen):
+        paragraph, line = pieces[i]
+        if last is not None and paragraph != last:
+            out.append("")
+        out.append(line)
+        last = paragraph
+    return "\n".join(out)
 
 
 def named_facts(lines: list[str], request: str) -> list[int]:
@@ -111,17 +131,18 @@ class ExtractiveSummarizer(Summarizer):
         self.max_chars = max_chars
 
     def read(self, page: Page, info_to_extract: str) -> str:
-        lines = passages(page.text[: self.max_page_chars])
-        if not lines:
+        pieces = paragraph_passages(page.text[: self.max_page_chars])
+        if not pieces:
             return NO_INFORMATION
+        lines = [line for _, line in pieces]
         named = named_facts(lines, info_to_extract)
         if named:  # the request names facts of the page by their labels: the title and exactly those
-            return cut("\n".join([lines[0], *(lines[i] for i in named if i)]), self.max_chars)
+            return cut(_in_paragraphs(pieces, {0, *named}), self.max_chars)
         wanted = terms(info_to_extract)
         overlap = [len(wanted & terms(line)) for line in lines]
         if not any(overlap):
             # Nothing matches the request: the start of the page is the best guess at what it is about.
-            return cut("\n".join(lines), self.max_chars)
+            return cut(_in_paragraphs(pieces, range(len(lines))), self.max_chars)
         # The first line (the title) always, then the best-matching lines while the budget lasts;
         # ties go to the earlier line. Shown in page order so that fact lists still read as lists.
         ranked = sorted((i for i in range(1, len(lines)) if overlap[i]), key=lambda i: (-overlap[i], i))
@@ -131,7 +152,7 @@ class ExtractiveSummarizer(Summarizer):
                 continue
             chosen.add(i)
             used += len(lines[i]) + 1
-        return cut("\n".join(lines[i] for i in sorted(chosen)), self.max_chars)
+        return cut(_in_paragraphs(pieces, chosen), self.max_chars)
 
 
 class LLMSummarizer(Summarizer):
