@@ -212,8 +212,8 @@ def test_a_width_sweep_evaluates_one_warm_start():
     cfg = world_config()
     base = Path(cfg.model.path)
     prints = {sft_fingerprint(OmegaConf.merge(cfg, {"subagents": width}), base) for width in (1, 2, 4, 8)}
-    assert len(prints) == 1  # the demonstrations' width is sft.width, not the run's
-    assert sft_fingerprint(OmegaConf.merge(cfg, {"sft": {"width": 8}}), base) not in prints
+    assert len(prints) == 1  # the demonstrations' widths are sft.widths, not the run's
+    assert sft_fingerprint(OmegaConf.merge(cfg, {"sft": {"widths": [8]}}), base) not in prints
 
 
 @pytest.mark.slow

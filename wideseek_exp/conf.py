@@ -346,9 +346,11 @@ class SftConfig:
     # subagents of its first call (the entity set) always do. The lookups of one task are near copies of
     # each other, so a few per task leave the steps to more tasks
     subagents_per_task: int = 2
-    # the expert's width W in the demonstrations; fixed, not `subagents`, so that a width sweep of the
-    # warm start evaluates one model (it is the lead's W in its prompt, so the warm start sees W=4 only)
-    width: int = 4
+    # the expert's widths W in the demonstrations, cycled over its tasks (task k at widths[k % len]); fixed,
+    # not `subagents`, so that a width sweep of the warm start evaluates one model. Widths are stated in the
+    # lead's prompt, and the reply grammar caps each call at the run's W, so a warm start that has seen wide
+    # calls fills whatever W it is given
+    widths: list[int] = field(default_factory=lambda: [4])
     expert_max_reply_tokens: int = 4096  # the expert's own reply budget (its final tables are long)
     # one row per step (rows run from a few hundred to 6144 tokens: no padding); the default steps are about
     # two passes over the default tasks' 500 rows (lead, list subagent, 2 entity subagents each)
@@ -505,6 +507,8 @@ def check_sft(sft) -> None:
                 "dagger_rows_per_agent"):
         if int(sft[key]) < 0:
             raise WideseekError(f"config key 'sft.{key}' must be >= 0 (got {sft[key]})")
+    if not sft.widths or any(int(w) < 1 for w in sft.widths):
+        raise WideseekError(f"config key 'sft.widths' must be a non-empty list of widths >= 1 (got {list(sft.widths)})")
     if int(sft.copy_text_length) < 8:
         raise WideseekError(f"config key 'sft.copy_text_length' must be >= 8 tokens (got {sft.copy_text_length})")
     if int(sft.copy_span_min) < 2 or int(sft.copy_span_max) < int(sft.copy_span_min):

@@ -55,7 +55,7 @@ def main() -> None:
     held_out = [t for t in tasks if t.instance_id not in seen][: args.tasks]
     tokenizer = AutoTokenizer.from_pretrained(args.models[0])
     agent_cfg = OmegaConf.merge(cfg.agent, {"max_reply_tokens": int(cfg.sft.expert_max_reply_tokens),
-                                            "max_subagents_per_call": int(cfg.sft.width)})
+                                            "max_subagents_per_call": int(cfg.sft.widths[0])})
     search = make_search_backend(cfg)
     trajectories = run_rollouts(held_out, 1, ExpertEngine(tokenizer), search, tokenizer, agent_cfg, cfg.search,
                                 cfg.seed)

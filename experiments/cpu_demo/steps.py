@@ -72,7 +72,7 @@ def main() -> None:
     # the expert's turns record the grammar of their state (tool_grammar=seen_urls records the seen URLs)
     grammar_mode = str(cfg.agent.tool_grammar)
     agent_cfg = OmegaConf.merge(cfg.agent, {"max_reply_tokens": int(cfg.sft.expert_max_reply_tokens),
-                                            "max_subagents_per_call": int(cfg.sft.width),
+                                            "max_subagents_per_call": int(cfg.sft.widths[0]),
                                             "tool_grammar": grammar_mode if grammar_mode != "off" else "schema"})
     trajectories = run_rollouts(held_out, 1, ExpertEngine(tokenizer), make_search_backend(cfg), tokenizer,
                                 agent_cfg, cfg.search, cfg.seed)

@@ -294,6 +294,13 @@ def _unescape(anchor: str) -> str:
 # --------------------------------------------------------------------------------------------- engine
 
 
+def expert_label(prompt_text: str) -> str:
+    """The expert's reply to a rendered prompt, as the model would write it: without its thinking when the
+    prompt ends with the empty think block of a template whose thinking is off."""
+    reply = expert_reply(prompt_text)
+    return reply.split("</think>\n\n", 1)[-1] if prompt_text.endswith(THINKING_OFF) else reply
+
+
 def expert_reply(prompt_text: str) -> str:
     chat = read_prompt(prompt_text)
     if chat.role == "lead":
@@ -317,10 +324,7 @@ class ExpertEngine(Engine):
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
         completions = []
         for prompt in prompts:
-            text = self.tokenizer.decode(prompt, skip_special_tokens=False)
-            reply = expert_reply(text)
-            if text.endswith(THINKING_OFF):  # the template opened and closed the think block: no thinking
-                reply = reply.split("</think>\n\n", 1)[-1]
+            reply = expert_label(self.tokenizer.decode(prompt, skip_special_tokens=False))
             ids = self.tokenizer.encode(reply, add_special_tokens=False) + [self.end_id]
             finish = "stop" if len(ids) <= sampling.max_new_tokens else "length"
             ids = ids[: sampling.max_new_tokens]

@@ -1,7 +1,7 @@
 """Imitation warm start (built by task=sft, and by task=build for model=tiny): the scripted expert's
 trajectories on the TRAIN split become supervised rows, and TRL's SFTTrainer fits the tiny model to them.
 
-1. the expert (engines/expert.py) rolls out `sft.tasks` train tasks at width `sft.width` through the real
+1. the expert (engines/expert.py) rolls out `sft.tasks` train tasks at the widths `sft.widths` through the real
    rollout and search backend. Each agent's whole context is one row (sft.rows=agent): the prompt, tool
    results and every reply, so each reply is trained after exactly what inference shows it (the task it
    copies a description from, the list a wave takes its next entities from, every report the final
@@ -242,18 +242,15 @@ def expert_rows(cfg: DictConfig, tokenizer, tasks: list, max_length: int) -> tup
     input_ids and assistant_masks (1 on reply tokens), and the agent's role."""
     from tqdm import tqdm
 
-    from wideseek_exp.agents import run_rollouts
     from wideseek_exp.engines.expert import ExpertEngine
-    from wideseek_exp.search.factory import make_search_backend
 
     agent_cfg = OmegaConf.merge(cfg.agent, {"temperature": 1.0})
     # The expert writes whole tables in one reply: its replies are not cut to the model's reply budget.
     agent_cfg.max_reply_tokens = int(cfg.sft.expert_max_reply_tokens)
-    agent_cfg.max_subagents_per_call = int(cfg.sft.width)
     progress = tqdm(total=len(tasks), desc="sft: expert demonstrations", unit="trajectory", file=sys.stderr)
     try:
-        trajectories = run_rollouts(tasks, 1, ExpertEngine(tokenizer), make_search_backend(cfg), tokenizer, agent_cfg,
-                                    cfg.search, cfg.seed, on_trajectory=lambda _: progress.update())
+        trajectories = rollouts_at_widths(cfg, tasks, ExpertEngine(tokenizer), tokenizer, agent_cfg, cfg.seed,
+                                          progress.update)
     finally:
         progress.close()
     check_sft(cfg.sft)
@@ -282,8 +279,25 @@ def expert_rows(cfg: DictConfig, tokenizer, tasks: list, max_length: int) -> tup
     return rows, stats
 
 
+def rollouts_at_widths(cfg: DictConfig, tasks: list, engine, tokenizer, agent_cfg, seed: int, on_trajectory) -> list:
+    """Rollouts of `tasks`, task k at width sft.widths[k % len(sft.widths)] (one run_rollouts call per width)."""
+    from wideseek_exp.agents import run_rollouts
+    from wideseek_exp.search.factory import make_search_backend
+
+    widths = [int(w) for w in cfg.sft.widths]
+    search = make_search_backend(cfg)
+    trajectories = []
+    for index, width in enumerate(widths):
+        group = tasks[index::len(widths)]
+        if group:
+            trajectories += run_rollouts(group, 1, engine, search, tokenizer,
+                                         OmegaConf.merge(agent_cfg, {"max_subagents_per_call": width}), cfg.search,
+                                         seed, on_trajectory=lambda _: on_trajectory())
+    return trajectories
+
+
 def on_policy_rows(cfg: DictConfig, model, tokenizer, tasks: list, seed: int, engine=None) -> tuple[list[dict], dict]:
-    """On-policy imitation (DAgger): the model as it is now plays `tasks` (at width sft.width, sampled and
+    """On-policy imitation (DAgger): the model as it is now plays `tasks` (at the widths sft.widths, sampled and
     decoded as at inference: agent.temperature, agent.tool_grammar), and the expert labels the states the
     model reached. Each turn where the model's action (its reply after the thinking) is not the expert's
     becomes a row: the model's own context up to that turn, then the expert's reply, the only trained tokens.
@@ -292,21 +306,18 @@ def on_policy_rows(cfg: DictConfig, model, tokenizer, tasks: list, seed: int, en
     (default: engine=hf over `model`) is what plays."""
     from tqdm import tqdm
 
-    from wideseek_exp.agents import run_rollouts, strip_thinking
+    from wideseek_exp.agents import strip_thinking
     from wideseek_exp.agents.funnel import STAGES, funnel_shares, gold_values, protocol_stages, stage_row
-    from wideseek_exp.engines.expert import END, expert_reply
+    from wideseek_exp.engines.expert import END, expert_label
     from wideseek_exp.engines.hf import HFEngine
-    from wideseek_exp.search.factory import make_search_backend
 
     sft = cfg.sft
-    agent_cfg = OmegaConf.merge(cfg.agent, {"max_subagents_per_call": int(sft.width)})
     if engine is None:
         engine = HFEngine(model, tokenizer, max_batch_size=int(cfg.engine.max_batch_size),
                           prefix_cache_mb=float(cfg.engine.prefix_cache_mb))
     progress = tqdm(total=len(tasks), desc="sft: on-policy rollouts", unit="trajectory", file=sys.stderr)
     try:
-        trajectories = run_rollouts(tasks, 1, engine, make_search_backend(cfg), tokenizer, agent_cfg, cfg.search,
-                                    seed, on_trajectory=lambda _: progress.update())
+        trajectories = rollouts_at_widths(cfg, tasks, engine, tokenizer, cfg.agent, seed, progress.update)
     finally:
         progress.close()
     end_id = tokenizer.convert_tokens_to_ids(END)
@@ -318,7 +329,7 @@ def on_policy_rows(cfg: DictConfig, model, tokenizer, tasks: list, seed: int, en
             for index, turn in enumerate(agent.turns):
                 turns += 1
                 context = agent.turn_prompt_ids(index)
-                label = expert_reply(tokenizer.decode(context, skip_special_tokens=False))
+                label = expert_label(tokenizer.decode(context, skip_special_tokens=False))
                 if strip_thinking(tokenizer.decode(turn.response_ids)).removesuffix(END).strip() == \
                         strip_thinking(label).strip():
                     agreed += 1
@@ -469,11 +480,11 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> di
 
 def sft_fingerprint(cfg: DictConfig, base: Path) -> str:
     base_stamp = (read_stamp(base) or {}).get("fingerprint", "")
-    settings = {k: v for k, v in OmegaConf.to_container(cfg.sft, resolve=True).items() if k != "width"}
+    settings = OmegaConf.to_container(cfg.sft, resolve=True)
     agent = {k: cfg.agent[k] for k in ("lead_max_turns", "subagent_max_turns", "summarizer", "summary_max_chars",
                                        "thinking")}
-    # sft.width, not the run's `subagents`: a width sweep evaluates one warm start, it does not rebuild it
-    return fingerprint("tiny-sft", SFT_VERSION, base_stamp, settings, agent, int(cfg.sft.width), cfg.seed)
+    # sft.widths, not the run's `subagents`: a width sweep evaluates one warm start, it does not rebuild it
+    return fingerprint("tiny-sft", SFT_VERSION, base_stamp, settings, agent, cfg.seed)
 
 
 def build_warm_start(cfg: DictConfig, force: bool = False, log_metrics=None) -> BuildResult:
