@@ -2,6 +2,8 @@
 the imitation warm start (task=sft) that learns from its trajectories."""
 
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -266,9 +268,15 @@ def test_a_short_grpo_run_from_a_warm_start_earns_rewards_and_moves_the_policy(t
 
     monkeypatch.setattr(sft_module, "expert_rows", final_tables_only)
     warm = tmp_path / "warm"
-    # the first 4 train tasks: the expert's tables of three are header-only (it misses their list page),
-    # the fourth is complete, so sampled copies of it differ in item F1 and the advantages are not all 0
-    cfg = OmegaConf.merge(world_config(), {"data": {"limit": 4}, "sft": {
+    # four train tasks with 3-4 gold rows (short tables, learnt within the test's steps), as their own task set;
+    # sampled copies of the tables differ in item F1, so the advantages are not all 0
+    base = world_config()
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    lines = (Path(base.data.path) / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    (tasks / "train.jsonl").write_text("\n".join(lines[i] for i in (64, 68, 71, 75)) + "\n", encoding="utf-8")
+    shutil.copy(Path(base.data.path) / "test.jsonl", tasks / "test.jsonl")
+    cfg = OmegaConf.merge(base, {"data": {"path": str(tasks)}, "sft": {
         "tasks": 4, "rows": "turn", "subagents_per_task": 0, "max_steps": 120, "batch_size": 1,
         "learning_rate": 3e-3, "context_tokens": 0,
         "keep_prompt": True, "max_length": 2048, "copy_steps": 0}})  # tables only: no copy stage needed
@@ -278,7 +286,7 @@ def test_a_short_grpo_run_from_a_warm_start_earns_rewards_and_moves_the_policy(t
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         train_cfg = compose(config_name="config", overrides=[
             "task=train", "trainer=debug", "model=tiny_random", "model.source=local", f"model.path={warm}",
-            "model.max_reply_tokens=1024", "data.limit=4", "trainer.max_steps=1", "trainer.tasks_per_step=4",
+            "model.max_reply_tokens=1024", f"data.path={tasks}", "trainer.max_steps=1", "trainer.tasks_per_step=4",
             "trainer.num_generations=2", "trainer.weight_decay=0", "trainer.eval_every=0", "trainer.save_every=0",
             "eval.limit=1",
             "eval.samples=1", f"paths.outputs={tmp_path}",
@@ -352,7 +360,7 @@ def test_on_policy_rows_label_the_states_the_model_reached_with_the_experts_repl
 
     def script(view):
         reply = expert_reply(view.text)
-        if view.role == "subagent" and view.subtask.startswith("Find the list") and '"access"' in reply \
+        if view.role == "subagent" and not view.subtask.startswith("[") and '"access"' in reply \
                 and "gave_up" not in wrong:
             urls = re.findall(r"URL: (\S+)", view.text)
             wrong.setdefault("url", next(u for u in urls if "/list/" in u and u not in reply))

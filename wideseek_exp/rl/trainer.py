@@ -308,33 +308,47 @@ class MultiAgentGRPOTrainer(GRPOTrainer):
         return masks
 
     def _logps_and_entropies(self, model, batch: dict[str, torch.Tensor], compute_entropy: bool = False):
-        """log pi(token) of every completion token (and the entropy of pi), pi the sampling distribution at the
-        trainer's temperature. Rows decoded under a grammar are scored under the mask each token was sampled
-        under (batch["allowed_tokens"]), so that the importance ratio compares the same distributions: the
-        logits of the tokens the grammar ruled out are set to -inf before the softmax, as the engine did."""
+        """log pi(token) of the trained completion tokens (and the entropy of pi there), pi the sampling
+        distribution at the trainer's temperature; 0 at every other position, which the loss masks out.
+
+        The LM head runs only at the positions some row of a chunk trains (`logits_to_keep` as indices): a
+        completion is mostly tool results, and [rows, completion, vocabulary] logits would hold most of a
+        step's memory and a large share of its time. Rows decoded under a grammar are scored under the mask
+        each token was sampled under (batch["allowed_tokens"]), so that the importance ratio compares the same
+        distributions: the logits of the tokens the grammar ruled out are set to -inf before the softmax, as
+        the engine did."""
         input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
         attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
         width = batch["completion_ids"].shape[1]
-        if "allowed_tokens" not in batch:
-            logps, entropies, _ = self._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, width, batch_size=self.forward_chunk_rows,
-                compute_entropy=compute_entropy)
-            return logps, entropies
-        from wideseek_exp.engines.hf import allowed_tokens
-
-        all_logps, all_entropies = [], []
+        first = input_ids.shape[1] - width - 1  # the position whose logits predict the first completion token
+        trained = batch.get("trained_mask", batch["completion_mask"]).bool()
+        logps = torch.zeros(trained.shape, dtype=torch.float32, device=input_ids.device)
+        entropies = torch.zeros_like(logps) if compute_entropy else None
+        grammar = "allowed_tokens" in batch
+        if grammar:
+            from wideseek_exp.engines.hf import allowed_tokens
         for start in range(0, input_ids.shape[0], self.forward_chunk_rows):
             end = start + self.forward_chunk_rows
+            columns = trained[start:end].any(dim=0).nonzero().squeeze(1)  # completion positions any row trains
+            # a chunk that trains nothing still runs the model (at one position, weighted 0): the loss then has a
+            # gradient through every parameter, as DDP and FSDP require of each rank's backward
+            scale = 1.0 if columns.numel() else 0.0
+            if columns.numel() == 0:
+                columns = torch.tensor([width - 1], device=input_ids.device)
             with self.accelerator.autocast():
                 logits = model(input_ids=input_ids[start:end], attention_mask=attention_mask[start:end],
-                               logits_to_keep=width + 1).logits[:, :-1]
+                               logits_to_keep=columns + first).logits
             logits = logits.float() / self.temperature
-            allowed = allowed_tokens(batch["allowed_tokens"][start:end], logits.shape[-1])
-            logprobs = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
-            all_logps.append(logprobs.gather(-1, batch["completion_ids"][start:end, :, None]).squeeze(-1))
+            if grammar:
+                allowed = allowed_tokens(batch["allowed_tokens"][start:end][:, columns], logits.shape[-1])
+                logits = logits.masked_fill(~allowed, float("-inf"))
+            logprobs = torch.log_softmax(logits, dim=-1)
+            tokens = batch["completion_ids"][start:end][:, columns]
+            logps[start:end, columns] = scale * logprobs.gather(-1, tokens[:, :, None]).squeeze(-1).clamp(min=-1e4)
             if compute_entropy:
-                all_entropies.append(-(logprobs.exp() * logprobs.masked_fill(~allowed, 0.0)).sum(-1))
-        return torch.cat(all_logps), torch.cat(all_entropies) if compute_entropy else None
+                probs = logprobs.exp()
+                entropies[start:end, columns] = -scale * (probs * logprobs.masked_fill(probs == 0, 0.0)).sum(-1)
+        return logps, entropies
 
     @torch.no_grad()
     def _reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
