@@ -47,7 +47,15 @@ def make_commands(target: str) -> list[str]:
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_run_builds_then_evaluates_as_two_visible_steps():
     build, evaluate = make_commands("run")
-    assert build.endswith("run.py task=build") and evaluate.endswith("run.py task=eval")
+    assert build.endswith("run.py task=build")
+    assert evaluate.endswith("run.py task=eval eval.stride=3 eval.limit=40 eval.samples=1")  # a spread of 40 tasks
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_run_evaluates_the_whole_test_split_one_override_away():
+    result = subprocess.run(["make", "-n", "run", "RUN_EVAL="], cwd=REPO, capture_output=True, text=True, check=True)
+    evaluate = [line.strip() for line in result.stdout.splitlines() if "task=eval" in line]
+    assert len(evaluate) == 1 and evaluate[0].endswith("run.py task=eval")
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")

@@ -71,7 +71,8 @@ def train_config(tmp_path: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose(config_name="config", overrides=[
             "task=train", "trainer=debug", "model=tiny_random", "model.max_reply_tokens=32", "trainer.tasks_per_step=1",
-            "trainer.num_generations=2", "eval.limit=1", "eval.samples=1", f"paths.outputs={tmp_path}",
+            # fp32 updates: the update's logprobs then equal the sampler's to 1e-4 (bf16: test_bf16_updates_...)
+            "trainer.num_generations=2", "trainer.bf16=false", "eval.limit=1", "eval.samples=1", f"paths.outputs={tmp_path}",
             f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "tracking.experiment=train-e2e", *overrides])
 
 
@@ -171,6 +172,28 @@ def test_resume_without_a_checkpoint_names_what_to_do(tmp_path):
     cfg = train_config(tmp_path, "trainer.resume=true", "tracking.enabled=false")
     with pytest.raises(WideseekError, match="no checkpoint in .*hydra.run.dir"):
         train_policy(cfg, JobRun(None), tmp_path / "empty")
+
+
+@pytest.mark.slow
+def test_bf16_updates_score_the_fp32_rollouts_within_bf16_rounding(tmp_path, monkeypatch):
+    """trainer.bf16=true on a CPU: the update runs in bf16 autocast, the rollouts stay fp32 (the same tokens as
+    an fp32 run's with the same seed), so the update's logprobs differ from the sampler's by bf16 rounding only."""
+    import mlflow
+
+    monkeypatch.setattr(reward_module, "trajectory_reward", stand_in_reward)
+    runs = {}
+    for bf16 in ("false", "true"):
+        cfg = train_config(tmp_path / bf16, "trainer.max_steps=1", "trainer.save_every=0", "trainer.eval_every=0",
+                           f"trainer.bf16={bf16}")
+        out = tmp_path / bf16 / "job"
+        out.mkdir(parents=True)
+        summary, run_id = run(cfg, out)
+        assert summary["steps"] == 1
+        step = json.loads((out / "train_steps.jsonl").read_text().splitlines()[0])
+        gap = metric_steps(mlflow.MlflowClient(cfg.tracking.uri), run_id, "policy/logprob_gap")[1]
+        runs[bf16] = ([(t["reward"]["total"], t["generated_tokens"]) for t in step["trajectories"]], gap)
+    assert runs["true"][0] == runs["false"][0]  # the same rollouts: decoded in fp32 either way
+    assert runs["false"][1] < 1e-4 < runs["true"][1] < 0.05
 
 
 @pytest.mark.slow

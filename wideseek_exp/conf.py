@@ -314,6 +314,10 @@ class TrainerConfig:
     rollouts_per_micro_batch: int = 1  # the rows of this many trajectories per forward/backward (0: a whole step's)
     micro_batch_rows: int = 4  # rows per forward pass within it (bounds the activation peak of the LM head)
     gradient_checkpointing: bool = False
+    # the update's forward and backward in bf16 autocast, the weights and the optimizer in fp32. null: on GPU
+    # when model.dtype resolves to bf16; true: on a CPU too (with bf16 units it is faster; the sampler's fp32
+    # logprobs then differ from the update's by bf16 rounding, which policy/logprob_gap shows)
+    bf16: bool | None = None
     train_split: str = "train"
     eval_split: str = "test"  # evaluated every eval_every steps and at the end (eval.limit tasks x eval.samples)
     eval_every: int = 20  # 0: only at the end

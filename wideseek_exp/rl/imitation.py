@@ -42,7 +42,7 @@ from wideseek_exp.buildinfo import BuildResult, build_folder, fingerprint, read_
 from wideseek_exp.conf import check_sft
 from wideseek_exp.progress import Progress
 
-SFT_VERSION = "sft-6"
+SFT_VERSION = "sft-7"
 
 
 def agent_rows(agent, max_length: int, rows: str, context_tokens: int,

@@ -186,7 +186,16 @@ class MultiAgentGRPOTrainer(GRPOTrainer):
                                          gather_deepspeed3_params=self.args.ds3_gather_for_generation,
                                          gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs) as model:
             with fsdp2_gathered(self.model_wrapped):
-                yield model
+                # on a CPU, rollouts decode in fp32 even when the update runs in bf16 autocast (trainer.bf16):
+                # small decode batches are slower in bf16 there (one GRPO step's rollouts: 32 s against 20 s)
+                plain = self.accelerator.device.type == "cpu" and hasattr(model, "_original_forward")
+                if plain:
+                    patched, model.forward = model.forward, model._original_forward
+                try:
+                    yield model
+                finally:
+                    if plain:
+                        model.forward = patched
 
     def _get_train_sampler(self, dataset=None):
         dataset = self.train_dataset if dataset is None else dataset
@@ -236,6 +245,9 @@ class MultiAgentGRPOTrainer(GRPOTrainer):
             row.advantage = float(advantages[row.trajectory])
         if self.beta == 0.0:
             rows = [row for row in rows if row.advantage != 0.0]  # Â = 0 and no KL: exactly 0 in loss and gradient
+        # longest rows first: a micro-batch (and a forward chunk within it) then holds rows of like length, and
+        # little of it is padding (each row's loss is its own, weighted over the whole step: order is free)
+        rows.sort(key=lambda row: len(row.prompt_ids) + len(row.completion_ids), reverse=True)
         loss_row_counts = gather_object([len(rows)])
         padded = padded_row_count(loss_row_counts, self.args.steps_per_generation)
         padding = padded - len(rows)
@@ -319,8 +331,7 @@ class MultiAgentGRPOTrainer(GRPOTrainer):
         the engine did."""
         input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
         attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-        width = batch["completion_ids"].shape[1]
-        first = input_ids.shape[1] - width - 1  # the position whose logits predict the first completion token
+        prompt_width = batch["prompt_ids"].shape[1]
         trained = batch.get("trained_mask", batch["completion_mask"]).bool()
         logps = torch.zeros(trained.shape, dtype=torch.float32, device=input_ids.device)
         entropies = torch.zeros_like(logps) if compute_entropy else None
@@ -329,14 +340,21 @@ class MultiAgentGRPOTrainer(GRPOTrainer):
             from wideseek_exp.engines.hf import allowed_tokens
         for start in range(0, input_ids.shape[0], self.forward_chunk_rows):
             end = start + self.forward_chunk_rows
+            # the chunk's own columns: none of the padding every row of the chunk has (left of the prompts,
+            # right of the completions)
+            prompt_used = batch["prompt_mask"][start:end].any(dim=0).nonzero()
+            completion_used = batch["completion_mask"][start:end].any(dim=0).nonzero()
+            low = int(prompt_used[0]) if len(prompt_used) else prompt_width - 1
+            high = prompt_width + (int(completion_used[-1]) + 1 if len(completion_used) else 1)
+            first = prompt_width - low - 1  # the chunk position whose logits predict the first completion token
             columns = trained[start:end].any(dim=0).nonzero().squeeze(1)  # completion positions any row trains
             # a chunk that trains nothing still runs the model (at one position, weighted 0): the loss then has a
             # gradient through every parameter, as DDP and FSDP require of each rank's backward
             scale = 1.0 if columns.numel() else 0.0
             if columns.numel() == 0:
-                columns = torch.tensor([width - 1], device=input_ids.device)
+                columns = torch.tensor([high - prompt_width - 1], device=input_ids.device)
             with self.accelerator.autocast():
-                logits = model(input_ids=input_ids[start:end], attention_mask=attention_mask[start:end],
+                logits = model(input_ids=input_ids[start:end, low:high], attention_mask=attention_mask[start:end, low:high],
                                logits_to_keep=columns + first).logits
             logits = logits.float() / self.temperature
             if grammar:

@@ -177,7 +177,7 @@ def training_tasks(cfg: DictConfig) -> list:
 
 def load_policy(cfg: DictConfig):
     """(model on CPU, tokenizer, bf16). Full fine-tuning keeps fp32 weights (an update of lr 1e-6 is
-    below bf16's resolution) and computes in bf16 on GPU through autocast; with LoRA the frozen base is
+    below bf16's resolution) and computes in bf16 through autocast (trainer.bf16; by default on GPU); with LoRA the frozen base is
     loaded in model.dtype (bf16 on GPU) and the adapters stay fp32."""
     import torch
 
@@ -192,7 +192,10 @@ def load_policy(cfg: DictConfig):
         model_location(cfg.model), revision=cfg.model.revision, dtype=names[weights_dtype], device="cpu",
         trust_remote_code=cfg.model.trust_remote_code,
     )
-    return model, tokenizer, device.type == "cuda" and compute_dtype == torch.bfloat16
+    bf16 = cfg.trainer.bf16
+    if bf16 is None:
+        bf16 = device.type == "cuda" and compute_dtype == torch.bfloat16
+    return model, tokenizer, bool(bf16)
 
 
 def lora_config(cfg: DictConfig):
@@ -299,7 +302,8 @@ class StepMetrics(TrainerCallback):
             print(f"step {state.global_step}/{state.max_steps}: reward {get('reward/mean', 0):.3f} "
                   f"(valid {get('reward/valid_fraction', 0):.2f}, item F1 {get('score/item_f1', 0):.3f}), "
                   f"agents/trajectory {get('trajectory/agents', 0):.1f}, rows in loss {get('rows/in_loss', 0):.0f}, "
-                  f"loss {get('loss', 0):.4g}, grad norm {get('grad_norm', 0):.3g}, {get('step_time', 0):.1f} s"
+                  f"loss {get('loss', 0):.4g}, grad norm {get('grad_norm', 0):.3g}, logprob gap {get('policy/logprob_gap', 0):.2g}, "
+                  f"{get('step_time', 0):.1f} s (rollouts {get('time/rollout_s', 0):.1f} s)"
                   + (f", ETA {eta}" if (eta := self.progress and self.progress.eta(state.global_step)) else ""),
                   flush=True)
 
