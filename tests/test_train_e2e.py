@@ -175,6 +175,26 @@ def test_resume_without_a_checkpoint_names_what_to_do(tmp_path):
 
 
 @pytest.mark.slow
+def test_grpo_steps_raise_the_mean_reward_on_their_training_tasks(tmp_path, monkeypatch):
+    """The direction of the policy gradient: 12 steps of 2 tasks x 4 rollouts under a learnable reward (the
+    share of even token ids) raise its mean. A flipped sign or a mis-aligned logprob lowers it or leaves it
+    flat (seed 0: 0.51 over the first 3 steps, 0.63 over the last 3)."""
+    monkeypatch.setattr(reward_module, "trajectory_reward", stand_in_reward)
+    cfg = train_config(tmp_path, "trainer.max_steps=12", "trainer.tasks_per_step=2", "trainer.num_generations=4",
+                       "trainer.learning_rate=1e-2", "trainer.save_every=0", "trainer.eval_every=0",
+                       "tracking.enabled=false")
+    out = tmp_path / "job"
+    out.mkdir()
+    summary, _ = run(cfg, out)
+    assert summary["steps"] == 12
+    means = []
+    for line in (out / "train_steps.jsonl").read_text().splitlines():
+        rewards = [t["reward"]["total"] for t in json.loads(line)["trajectories"]]
+        means.append(sum(rewards) / len(rewards))
+    assert sum(means[-3:]) / 3 > sum(means[:3]) / 3 + 0.05, means
+
+
+@pytest.mark.slow
 def test_bf16_updates_score_the_fp32_rollouts_within_bf16_rounding(tmp_path, monkeypatch):
     """trainer.bf16=true on a CPU: the update runs in bf16 autocast, the rollouts stay fp32 (the same tokens as
     an fp32 run's with the same seed), so the update's logprobs differ from the sampler's by bf16 rounding only."""
