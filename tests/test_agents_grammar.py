@@ -240,9 +240,14 @@ def table(*rows):
 
 
 def test_a_grounded_lead_delegates_each_reported_entity_once_in_the_reports_order(compiler):
+    """A wave is full: the next min(W, not yet delegated) entities, in the reports' order, one subtask each."""
     ask = "[{}] the Capital and ISO alpha-3 code".format
-    assert admits(compiler, lead_grammar(), wave(ask("Belize"), ask("Honduras"), ask("Mexico")))
-    assert admits(compiler, lead_grammar(["Belize"]), wave(ask("El Salvador"), "[Mexico]"))
+    assert admits(compiler, lead_grammar(), wave(ask("Belize"), ask("El Salvador"), ask("Honduras")))
+    assert admits(compiler, lead_grammar(["Belize", "El Salvador"]), wave(ask("Honduras"), "[Mexico]"))
+    assert admits(compiler, lead_grammar(width=8), wave(*(ask(name) for name in ENTITIES)))
+    assert not admits(compiler, lead_grammar(), wave(ask("Belize"), ask("Honduras"), ask("Mexico")))  # skips one
+    assert not admits(compiler, lead_grammar(), wave(ask("Belize"), ask("El Salvador")))  # a short wave
+    assert not admits(compiler, lead_grammar(["Belize"]), wave(ask("Honduras"), ask("Mexico")))  # not the next
     # entities known: every subtask delegates one; none known yet: subtasks find them, in the task's words
     assert not admits(compiler, lead_grammar(), wave("the countries that share a land border with Guatemala"))
     assert admits(compiler, lead_grammar(entities=[]), wave("the countries that share a land border with Guatemala"))
@@ -254,7 +259,7 @@ def test_a_grounded_lead_delegates_each_reported_entity_once_in_the_reports_orde
     assert admits(compiler, lead_grammar(ENTITIES), table("| Belize |  |  |"))
     assert not admits(compiler, lead_grammar(["Belize"]), wave(ask("Belize")))  # delegated before
     assert not admits(compiler, lead_grammar(), wave(ask("Honduras"), ask("Belize")))  # not in the reports' order
-    assert not admits(compiler, lead_grammar(), wave(ask("Belize"), ask("Belize")))  # twice in one call
+    assert not admits(compiler, lead_grammar(), wave(ask("Belize"), ask("Belize"), ask("El Salvador")))  # twice
     assert not admits(compiler, lead_grammar(), wave(ask("Belise")))  # not a reported entity
     assert not admits(compiler, lead_grammar(), wave(ask("Belize"), ask("Honduras"), ask("Mexico"),
                                                      ask("El Salvador")))  # more than W
@@ -267,7 +272,8 @@ def test_a_grounded_lead_quotes_its_task(compiler):
     for quote in ("the countries that share a land border with Guatemala", "Guatemala? Look up the Capital",
                   "Capital and ISO alpha-3 code."):
         assert admits(compiler, lead_grammar(entities=[]), wave(quote))
-    assert admits(compiler, lead_grammar(), wave("[Belize] the Capital", "[Mexico] Capital and ISO alpha-3 code."))
+    assert admits(compiler, lead_grammar(["Belize", "El Salvador"]),
+                  wave("[Honduras] the Capital", "[Mexico] Capital and ISO alpha-3 code."))
     assert not admits(compiler, lead_grammar(), wave("[Belize] the capital"))
     for words in ("the countries that share a land border with Mexico",  # not the task's
                   "the countries that share a border with Guatemala",  # a word left out

@@ -26,8 +26,9 @@ after "Label: " on a line of a report, or a link's text) or empty: the lead asse
 what it assembles. Its entities are the ones its reports link to ("- [name](url)", in the order the reports
 give them), and the grammar makes each a choice among them:
 - a subtask that names an entity writes it in brackets, "[name]", and the name is one of the entities that
-  no earlier subtask named; the subtasks of one call name theirs in the reports' order, so no entity is
-  delegated twice and none can be misspelt (free text around the brackets is the lead's own);
+  no earlier subtask named; a call is a full wave, the next min(width, not yet named) entities in the
+  reports' order, so no entity is delegated twice, none is skipped and none can be misspelt (free text
+  around the brackets is the lead's own);
 - each row of the table starts with one of the entities, in the reports' order, each at most once; a lead
   without reported entities writes the header alone.
 
@@ -97,7 +98,8 @@ class Grounding:
     entities      a lead's entities (the names the reports of its entity-finding subtasks link to, in order);
                   while there are none, a call has one subtask, which finds them; once there are any, each
                   subtask names one in brackets that no earlier subtask named
-                  (`delegated`), a call names them in this order, and once all are delegated the lead can
+                  (`delegated`), a call names the next min(width, fresh) of them in this order (a full
+                  wave), and once all are delegated the lead can
                   only answer; its table's rows are the first entities in order, one row each, with cells
                   from `entity_cells` (the values of the reports on each entity) or empty
     """
@@ -189,9 +191,9 @@ def _names(entities: list[str]) -> list[str]:
 
 def _grounded_subtasks(names: list[str], width: int, quote: str | None) -> list[str]:
     """Rules for a grounded lead's subtasks (start: sub_0_1). Without entities (`names` empty) the call has one
-    subtask, text: a span of the task when `quote` names its rule, else free text without brackets. With entities each
-    subtask names one in brackets, optionally followed by a space and text: sub_i_k is the k-th subtask of
-    the call when the call may still name names[i:], pick_j_k names names[j] or a later one."""
+    subtask, text: a span of the task when `quote` names its rule, else free text without brackets. With entities
+    (the fresh ones, in order) the call is a full wave: sub_0_k names names[k-1] in brackets, optionally followed by
+    a space and text, for k = 1 .. min(width, len(names))."""
     rules = []
     if quote is None:
         rules.append(r"""
@@ -202,13 +204,12 @@ ptext1 ::= ([^"\\\x00-\x20<\[\]] | ptag_free) pchar*
         quote = "ptext1"
     if not names:  # one subtask finds the entities (copies of it would only repeat its search)
         return [*rules, f'sub_0_1 ::= "{{\\"prompt\\": \\"" {quote} "\\"}}"']
-    for k in range(1, width + 1):
-        for i in range(len(names)):
-            rules.append(f'sub_{i}_{k} ::= "{{\\"prompt\\": \\"[" pick_{i}_{k}')
-            literal = _literal(json.dumps(names[i], ensure_ascii=False)[1:-1])
-            later = f" | pick_{i + 1}_{k}" if i + 1 < len(names) else ""
-            after = f' (", " sub_{i + 1}_{k + 1})?' if k < width and i + 1 < len(names) else ""
-            rules.append(f'pick_{i}_{k} ::= {literal} "]" (" " {quote})? "\\"}}"{after}{later}')
+    # a full wave: the next min(width, fresh) entities, in order, one subtask each
+    wave = names[:width]
+    for k, name in enumerate(wave):
+        literal = _literal(json.dumps(name, ensure_ascii=False)[1:-1])
+        after = f' ", " sub_0_{k + 2}' if k + 1 < len(wave) else ""
+        rules.append(f'sub_0_{k + 1} ::= "{{\\"prompt\\": \\"[" {literal} "]" (" " {quote})? "\\"}}"{after}')
     return rules
 
 
