@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 
 from wideseek_exp import WideseekError
 from wideseek_exp.agents.tools import ACCESS, CREATE_SUB_AGENTS, LEAD, SEARCH, SINGLE, SUBAGENT
+from wideseek_exp.scoring.table import split_cells
 
 MODES = ("off", "schema", "seen_urls", "grounded")
 _LINK_TEXT = re.compile(r"\[((?:[^\]\\]|\\.)+)\]\(")
-_CELL_SPLIT = re.compile(r" \| ")
 
 # A JSON string's characters: anything but a quote, a backslash or a control character, or an escape; and no
 # "<t" or "</t", so that no string opens or closes a think block or a tool call for the parser.
@@ -96,12 +96,11 @@ class Grounding:
                   may instead be one row of the task's table, keyed by one of them, with `row_cells` (values
                   from what it read) or empty cells, `row_width` of them after the key
     entities      a lead's entities (the names the reports of its entity-finding subtasks link to, in order);
-                  while there are none, a call has one subtask, which finds them; once there are any, each
-                  subtask names one in brackets that no earlier subtask named
-                  (`delegated`), a call names the next min(width, fresh) of them in this order (a full
-                  wave), and once all are delegated the lead can
-                  only answer; its table's rows are the first entities in order, one row each, with cells
-                  from `entity_cells` (the values of the reports on each entity) or empty
+                  while there are none, a call has one subtask, which finds them; once there are any, a call
+                  is a full wave: the next min(width, fresh) of them in this order, one in brackets a
+                  subtask, none that an earlier subtask named (`delegated`); once all are delegated the lead
+                  can only answer; its table's rows are the first entities in order, one row each, with
+                  cells from `entity_cells` (the values of the reports on each entity) or empty
     """
 
     quotes: str | None = None
@@ -173,10 +172,10 @@ def reply_grammar(role: str, *, width: int, max_queries: int, max_urls: int, thi
         rules.append(_ANSWER)
     else:
         rules += _line_runs(g.blocks)
-        if not g.row_keys:
-            rules.append("answer ::= answer_lines")
         if g.row_keys:
             rules += _report_row(_names(g.row_keys), g.row_cells, g.row_width)
+        else:
+            rules.append("answer ::= answer_lines")
     rules.append(_THOUGHT)
     head = '"<think>\\n" thought "\\n</think>\\n\\n" ' if thinking else ""
     body = "(tool_call | answer)" if calls else "answer"
@@ -301,7 +300,7 @@ def report_fields(reports: list[str]) -> list[str]:
     fields = []
     for line in "\n".join(reports).splitlines():
         if line.startswith("| ") and line.endswith(" |"):
-            fields += [cell.strip().replace("\\|", "|") for cell in _CELL_SPLIT.split(line[2:-2])[1:]]
+            fields += split_cells(line)[2:-1]  # the cells after the key
             continue
         if ": " in line:
             fields.append(line.split(": ", 1)[1].strip())

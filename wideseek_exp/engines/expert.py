@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 from wideseek_exp import WideseekError
 from wideseek_exp.engines.base import Completion, Engine, SamplingParams
+from wideseek_exp.scoring.table import split_cells
 
 END = "<|im_end|>"
 THINKING_OFF = "<think>\n\n</think>\n\n"  # what a generation prompt ends with when thinking is off
@@ -148,11 +149,10 @@ def _reports(chat: Conversation):
 
 def _row_facts(report: str, attributes: list[str]) -> dict[str, str]:
     """An entity report's facts by column: the cells after the key of a report that is a table row, else its
-    "Label: value" lines. Cells keep the escaped pipe a table writes."""
+    "Label: value" lines."""
     for line in report.splitlines():
         if line.startswith("| ") and line.endswith(" |"):
-            cells = [cell.strip() for cell in re.split(r" \| ", line[2:-2])[1:]]
-            return {a: c.replace("\\|", "|") for a, c in zip(attributes, cells) if c}
+            return {a: c for a, c in zip(attributes, split_cells(line)[2:-1]) if c}  # the cells after the key
     return dict(line.split(": ", 1) for line in report.splitlines() if ": " in line)
 
 
