@@ -178,7 +178,7 @@ def test_resume_without_a_checkpoint_names_what_to_do(tmp_path):
 def test_grpo_steps_raise_the_mean_reward_on_their_training_tasks(tmp_path, monkeypatch):
     """The direction of the policy gradient: 12 steps of 2 tasks x 4 rollouts under a learnable reward (the
     share of even token ids) raise its mean. A flipped sign or a mis-aligned logprob lowers it or leaves it
-    flat (seed 0: 0.51 over the first 3 steps, 0.63 over the last 3)."""
+    flat."""
     monkeypatch.setattr(reward_module, "trajectory_reward", stand_in_reward)
     cfg = train_config(tmp_path, "trainer.max_steps=12", "trainer.tasks_per_step=2", "trainer.num_generations=4",
                        "trainer.learning_rate=1e-2", "trainer.save_every=0", "trainer.eval_every=0",
