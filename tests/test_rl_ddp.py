@@ -162,6 +162,7 @@ def worker(folder: Path) -> None:
               "initial_parameter_sum": initial_parameter_sum}
     (folder / f"rank{rank}.json").write_text(json.dumps(record))
     if dist.is_initialized():  # left to the interpreter's exit, gloo's threads can abort the process
+        dist.barrier()  # no rank tears its connections down while another still holds them (that can hang)
         dist.destroy_process_group()
 
 
