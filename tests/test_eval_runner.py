@@ -149,10 +149,10 @@ def test_score_reads_official_response_files(tmp_path):
     tasks = list(load_task_set(cfg.data, "test"))[:2]
     responses = tmp_path / "official"
     responses.mkdir()
-    for task in tasks:
+    for number, task in enumerate(tasks):
         for trial in range(2):
             answer = "```markdown\n" + to_markdown_table(task.gold_columns, task.gold_rows) + "\n```"
-            record = {"instance_id": task.instance_id, "response": answer if trial == 0 else "NULL",
+            record = {"instance_id": task.instance_id, "response": answer if trial == 0 else ["NULL", 7][number],
                       "messages": [], "trial_idx": trial}
             (responses / f"my-model_{task.instance_id}_{trial}_response.jsonl").write_text(json.dumps(record) + "\n")
     (responses / f"other_{tasks[0].instance_id}_0_response.jsonl").write_text(
@@ -160,9 +160,11 @@ def test_score_reads_official_response_files(tmp_path):
     out = tmp_path / "scored"
     headline = run_score(config("eval.limit=2", "eval.samples=2", f"score.responses={responses}",
                                 "score.model_prefix=my-model"), JobRun(None), out)
-    assert headline["item_f1_avg@2"] == pytest.approx(0.5)  # trial 1 is "NULL": no answer, zeros
+    assert headline["item_f1_avg@2"] == pytest.approx(0.5)  # trial 1 is "NULL" or a number: zeros
     assert headline["item_f1_max@2"] == pytest.approx(1.0)
     assert (out / "results.md").is_file()
+    reasons = [json.loads(line)["reason"] for line in (out / "scores.jsonl").read_text().splitlines()]
+    assert "response is not text (int)" in reasons and len(set(reasons)) == 3  # "", no final answer, not text
 
 
 def test_score_rescores_our_own_eval_folder(tmp_path, scripted):

@@ -121,9 +121,28 @@ def test_unicode_table():
 # ---- divergences: what the official reader crashes on ------------------------------------------
 
 
-def test_divergence_quotes_are_text():
-    body = '| A | B |\n|---|---|\n| "Paris, France | 2 |\n| x | "quoted" |'
-    assert table_of(fenced(body)).rows == [['"Paris, France', "2"], ["x", '"quoted"']]
+def test_divergence_an_unclosed_quote_is_text_and_a_closed_one_is_read_as_csv():
+    body = '| A | B |\n|---|---|\n| "Paris, France | 2 |\n| x | "quoted" |\n| "Ann" Lee | "a ""b""" |\n| "" | 3 |'
+    assert table_of(fenced(body)).rows == [['"Paris, France', "2"], ["x", "quoted"], ["Ann Lee", 'a "b"'],
+                                           ["nan", "3"]]
+
+
+def test_a_cell_is_cut_to_max_cell_chars():
+    from wideseek_exp.scoring.table import MAX_CELL_CHARS
+
+    table = table_of(fenced(f"| A | B |\n|---|---|\n| {'7' * (3 * MAX_CELL_CHARS)} | {'x' * MAX_CELL_CHARS} |"))
+    assert table.rows == [["7" * MAX_CELL_CHARS, "x" * MAX_CELL_CHARS]]
+
+
+def test_fenced_blocks_are_the_official_findall():
+    import re
+
+    from wideseek_exp.scoring.table import fenced_blocks
+
+    official = re.compile(r"```markdown(.*?)```", re.DOTALL)
+    for text in ["", "```markdown a```", "x```markdown\n|a|\n``` y ```markdown b``` ```markdown c",
+                 "```markdown```markdown```", "```markdown ```markdown x", "``````markdown q```"]:
+        assert list(fenced_blocks(text)) == official.findall(text), text
 
 
 def test_divergence_escaped_pipe_is_a_literal_pipe():

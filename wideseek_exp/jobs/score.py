@@ -50,7 +50,7 @@ def read_responses(folder: Path, model_prefix: str | None) -> dict[tuple[str, in
                 raise WideseekError(f"{path} line {number}: not an official response record ({error})") from None
             response = record.get("response")
             trials[key] = {"instance_id": key[0], "sample": key[1],
-                           "response": response if isinstance(response, str) and response != "NULL" else None}
+                           "response": None if response is None or response == "NULL" else response}
     if not trials:
         raise WideseekError(f"no responses in {folder}: expected {TRIALS_FILE} or official *_response.jsonl files"
                             + (f" starting with {model_prefix}_" if model_prefix else ""))

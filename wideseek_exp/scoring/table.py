@@ -24,11 +24,15 @@ NA_TOKENS = frozenset({
     "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
 })
 
-FENCED_MARKDOWN = re.compile(r"```markdown(.*?)```", re.DOTALL)
+FENCE_OPEN, FENCE_CLOSE = "```markdown", "```"
 # An echo of the query's format line, "```markdown\n{data_content}\n```" (or "{数据内容}").
 PLACEHOLDER = re.compile(r"^\{[^{}\n]*\}$")
 SEPARATOR_CHARS = frozenset("|- :")
 UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
+# What one response cell may cost: a longer cell is cut to its first MAX_CELL_CHARS characters before it
+# is typed, aligned, preprocessed and compared. No gold cell comes near it, so the cut changes no score a
+# table can earn, and it bounds the time a hostile cell (a policy's runaway reply) can take.
+MAX_CELL_CHARS = 4096
 
 
 @dataclass
@@ -72,11 +76,46 @@ def mangle_duplicates(names: list[str]) -> list[str]:
 # ---- a response's table ------------------------------------------------------------------------
 
 
+def fenced_blocks(response: str):
+    """The ```markdown ... ``` blocks of a response, in order: the official `re.findall(r"```markdown(.*?)```",
+    ..., re.DOTALL)`, found in one pass with str.find (the regex rescans the rest of the text from every
+    opening fence that is never closed, quadratic in a long reply that repeats the opening)."""
+    start = response.find(FENCE_OPEN)
+    while start >= 0:
+        body = start + len(FENCE_OPEN)
+        end = response.find(FENCE_CLOSE, body)
+        if end < 0:
+            return  # no closing fence after this opening: none after any later one either
+        yield response[body:end]
+        start = response.find(FENCE_OPEN, end + len(FENCE_CLOSE))
+
+
+def unquote(cell: str) -> str:
+    """A cell as the official reader's CSV parser reads it (sep="|", the stripped cells joined by pipes):
+    a cell that starts with `"` is a quoted field, `""` inside it is one quote, and whatever follows the
+    closing quote is appended as written, so `"Ann" Lee` reads `Ann Lee`. Divergence: a quote that is
+    not closed within the cell is kept as text; the official parser runs on through the following
+    separators and lines, which merges cells or fails the table ("EOF inside string")."""
+    if not cell.startswith('"'):
+        return cell
+    out, i = [], 1
+    while i < len(cell):
+        if cell[i] == '"':
+            if cell.startswith('"', i + 1):
+                out.append('"')
+                i += 2
+                continue
+            return "".join(out) + cell[i + 1:]
+        out.append(cell[i])
+        i += 1
+    return cell
+
+
 def _table_text(response: str) -> str | None:
     """The text the table is read from: the first ```markdown block, else the first run of
     consecutive lines that start with `|`. The first table wins even when a later one is better:
     the official quirk."""
-    for block in FENCED_MARKDOWN.findall(response):
+    for block in fenced_blocks(response):
         # Divergence: a block holding only the query's placeholder (the model echoing the format
         # line before its real answer) is skipped; the official reader takes it and fails.
         if not PLACEHOLDER.match(block.strip()):
@@ -96,17 +135,16 @@ def _read_pipe_lines(text: str) -> tuple[Table | None, str]:
     cells, a long row fails the table (pandas refuses it), columns with an empty header dropped
     (pandas names them "Unnamed: i", then the reader drops those: the empty fields outside the edge
     pipes, and any column whose header cell is empty)."""
-    # Divergence: quotes are plain text. pandas treats a cell that starts with `"` as a quoted
-    # field running on to the next quote, which swallows separators and lines or fails.
     lines = [line for line in text.strip().splitlines() if "|" in line and not is_separator(line)]
     if not lines:
         return None, "no table"
-    header = [cell.replace(" ", "").lower() for cell in split_cells(lines[0])]
+    header = [unquote(cell.replace(" ", "").lower()) for cell in split_cells(lines[0])]
     rows = []
     for number, line in enumerate(lines[1:], start=1):
         cells = split_cells(line)
         if len(cells) > len(header):
             return None, f"bad table: row {number} has {len(cells)} fields, the header has {len(header)}"
+        cells = [unquote(cell[:MAX_CELL_CHARS]) for cell in cells]
         cells = [MISSING if cell in NA_TOKENS else cell for cell in cells]
         rows.append(cells + [MISSING] * (len(header) - len(cells)))
     keep = [i for i, name in enumerate(header) if name]

@@ -230,6 +230,8 @@ def _f1(precision: float, recall: float) -> float:
 def score_response(response: str, task: GoldTask, judge: Judge) -> TrialScore:
     """Steps 1-11 for one response. Judge failures give a judge_error trial, never a silent 0.
     A QA task (is_table false: a WideSeek-R1 deep-QA record) is scored by its boxed answer (qa.py)."""
+    if not isinstance(response, str):  # a runner's record can hold anything: no text, nothing to score
+        return TrialScore(reason=f"response is not text ({type(response).__name__})", gold_rows=len(task.gold_rows))
     if not getattr(task, "is_table", True):
         return score_qa(response, task.query, task.answer_text, judge)
     rules = _column_rules(task)
@@ -296,6 +298,9 @@ def _score_table(table: Table, gold: Table, task: GoldTask, rules: dict[str, Col
         _preprocess(response_rows, j, rules[column].preprocess)
         _preprocess(gold_rows, j, rules[column].preprocess)
 
+    # Step 11, its first half: the whole table equals the gold, read before the join (see _equal_tables).
+    equal = _equal_tables(response_rows, gold_rows, columns, required, task.unique_columns, rules)
+
     # Step 8: inner join on the key columns.
     pairs = _join(response_rows, gold_rows, key_index)
     if not pairs:
@@ -329,10 +334,25 @@ def _score_table(table: Table, gold: Table, task: GoldTask, rules: dict[str, Col
         gold_rows=n_gold,
         matched_rows=len(pairs),
     )
-    # Step 11: success when the whole table is right.
+    # Step 11: success when the tables are equal, or when all six precision/recall/F1 values are 1.
     six = (score.item_precision, score.item_recall, score.item_f1, score.row_precision, score.row_recall, score.row_f1)
-    score.success = 1.0 if all(value == 1.0 for value in six) else 0.0
+    score.success = 1.0 if equal or all(value == 1.0 for value in six) else 0.0
     return score
+
+
+def _equal_tables(response_rows: list[list[str]], gold_rows: list[list[str]], columns: list[str], required: list[str],
+                  unique_columns: list[str], rules: dict[str, ColumnRule]) -> bool:
+    """The official scorer's first success test: both tables (deduplicated, aligned, preprocessed) sorted
+    by the required columns are equal, cell for cell and case included. Its quirks, kept: the response's
+    columns must be in the gold's order (the required order), since the frames' labels are compared too;
+    and a key column the judge aligned (exact_match or llm_judge) leaves an extra `<key>_before_map`
+    column in the response frame, so then the shapes differ and only the six values can make a success.
+    It can succeed where the six do not: identical cells that their metric scores 0 ("nan" against "nan"
+    under number_near, a judge that fails an identical pair)."""
+    aligned = any(metric in ALIGNED_KEY_METRICS for column in unique_columns for metric in rules[column].metrics)
+    if aligned or columns != required or len(response_rows) != len(gold_rows):
+        return False
+    return sorted(response_rows) == sorted(gold_rows)
 
 
 def score_task_trials(responses: Sequence[str | None], task: GoldTask, judge: Judge) -> list[TrialScore]:
