@@ -99,6 +99,7 @@ def trial_record(trajectory, task: TaskRecord | None = None) -> dict:
         "response": trajectory.final_answer,
         "table_found": trajectory.table_found,
         "lead_failure": root.failure,
+        "lead_reply_limit": root.reply_limit,
         "subagents": trajectory.subagent_count,
         "lead_calls": trajectory.lead_calls,
         "search_calls": trajectory.search_calls,

@@ -24,6 +24,13 @@ Failure flags (per agent; a failed agent has no final text, and the lead reads a
                          pattern of at most 32 tokens (parser.is_degenerate_repetition)
   tool_errors            a count, not a failure: access to a URL not from the agent's own search results,
                          a page the backend does not have, a backend exception
+  reply_limit            a flag, not a failure: a reply was cut at max_reply_tokens. A cut call does not
+                         parse (parse flag unclosed_tool_call), so the reply is the agent's answer and
+                         scores what it holds (a cut table keeps its finished rows)
+
+What a trajectory keeps is bounded by the config: each agent's tokens by max_context_tokens (a reply
+by max_reply_tokens), the agents by the lead's turns x W, a tool result by the backend's hits and pages
+(search.top_k, the page size) with every string argument of a call cut to parser.MAX_ARGUMENT_CHARS.
 """
 
 from __future__ import annotations
@@ -271,6 +278,7 @@ class Episode:
             if finish == "length" and len(context) + len(response) >= max_context:  # cut by the context
                 agent.run.context_overflow = True
                 break
+            agent.run.reply_limit |= finish == "length" and len(response) >= limits.max_reply_tokens
             body = response[:-1] if response and response[-1] == chat.end_of_turn_id else response
             if is_degenerate_repetition(body):
                 agent.run.degenerate_repetition = True

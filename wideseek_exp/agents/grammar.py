@@ -49,7 +49,9 @@ from wideseek_exp.agents.tools import ACCESS, CREATE_SUB_AGENTS, LEAD, SEARCH, S
 from wideseek_exp.scoring.table import split_cells
 
 MODES = ("off", "schema", "seen_urls", "grounded")
-_LINK_TEXT = re.compile(r"\[((?:[^\]\\]|\\.)+)\]\(")
+# a link's text: no unescaped bracket inside (names with brackets are escaped), each character taken once,
+# so that a reply of "[[[[..." costs one pass, not one pass per bracket
+_LINK_TEXT = re.compile(r"\[((?:[^\[\]\\]|\\.)++)\]\(")
 
 # A JSON string's characters: anything but a quote, a backslash or a control character, or an escape; and no
 # "<t" or "</t", so that no string opens or closes a think block or a tool call for the parser.

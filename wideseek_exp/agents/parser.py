@@ -7,6 +7,7 @@ Rules (the reference's):
     with the required argument of the right type;
   - list entries beyond the per-call limit (W subagents, 5 queries, 5 URLs) are dropped, and so are
     entries of the wrong type or with an empty prompt / query / URL;
+  - a string argument longer than MAX_ARGUMENT_CHARS is cut to it;
   - a reply with no valid call left after all this is the agent's final answer.
 Every such event is counted in `ParsedReply.flags` (only non-zero counters are kept), so bad replies
 show up in the metrics instead of in exceptions.
@@ -27,8 +28,12 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # Strings the engine leaves at the end of a decoded reply.
 END_MARKERS = ("<|im_end|>", "<|endoftext|>")
 
-_THINK_BLOCK = re.compile(re.escape(THINK_OPEN) + r".*?" + re.escape(THINK_CLOSE), re.DOTALL)
-_FENCED_TABLE = re.compile(r"```(?:markdown|md)[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+# Where a ```markdown (or ```md) block's body starts; the body runs to the next ```.
+_FENCE_OPEN = re.compile(r"```(?:markdown|md)[ \t]*+\n", re.IGNORECASE)
+# What one string argument (a subtask, a query, a URL, what to extract) may hold: longer ones are cut to
+# this and counted ("cut_arguments"), so that a runaway argument cannot flood the tool results, the
+# subagents' prompts and the search backend. No useful argument comes near it.
+MAX_ARGUMENT_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,14 @@ class ParsedReply:
 def strip_thinking(text: str) -> str:
     """The reply without its reasoning: closed think blocks removed; text before a lone `</think>` (its
     opening was in the prompt) removed; an unclosed `<think>` removes everything after it."""
-    text = _THINK_BLOCK.sub("", text)
+    kept, position = [], 0
+    while (start := text.find(THINK_OPEN, position)) >= 0:  # each closed block, in one pass over the text
+        end = text.find(THINK_CLOSE, start + len(THINK_OPEN))
+        if end < 0:
+            break
+        kept.append(text[position:start])
+        position = end + len(THINK_CLOSE)
+    text = "".join(kept) + text[position:]
     if THINK_CLOSE in text:
         text = text.rsplit(THINK_CLOSE, 1)[1]
     if THINK_OPEN in text:
@@ -84,9 +96,22 @@ def final_answer(text: str) -> str:
     return text.strip()
 
 
+def _fenced_tables(answer: str) -> list[str]:
+    """The bodies of the ```markdown / ```md blocks, in order, found in one pass (a lazy `(.*?)```` regex
+    rescans the rest of the text from every opening that is never closed)."""
+    blocks, position = [], 0
+    while (opening := _FENCE_OPEN.search(answer, position)) is not None:
+        end = answer.find("```", opening.end())
+        if end < 0:
+            break
+        blocks.append(answer[opening.end():end])
+        position = end + 3
+    return blocks
+
+
 def find_markdown_table(answer: str) -> str | None:
     """The last ```markdown fenced block of `answer` that holds a well-formed pipe table, or None."""
-    for block in reversed(_FENCED_TABLE.findall(answer or "")):
+    for block in reversed(_fenced_tables(answer or "")):
         try:
             parse_markdown_table(block)
         except ValueError:
@@ -112,7 +137,7 @@ def parse_reply(text: str, role: str, limits: CallLimits) -> ParsedReply:
         return parsed
     try:
         body = json.loads(answer[start + len(TOOL_CALL_OPEN) : end].strip())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: nested deeper than the interpreter's stack
         parsed.count("malformed_json")
         return parsed
     if not isinstance(body, dict) or not isinstance(body.get("name"), str):
@@ -132,11 +157,18 @@ def parse_reply(text: str, role: str, limits: CallLimits) -> ParsedReply:
     return parsed
 
 
-def _text(value: object) -> str | None:
-    """A non-empty string, stripped, or None."""
+def _text(value: object, parsed: ParsedReply) -> str | None:
+    """A non-empty string, stripped and cut to MAX_ARGUMENT_CHARS, or None."""
     if isinstance(value, str) and value.strip():
-        return value.strip()
+        return _cut(value.strip(), parsed)
     return None
+
+
+def _cut(value: str, parsed: ParsedReply) -> str:
+    if len(value) > MAX_ARGUMENT_CHARS:
+        parsed.count("cut_arguments")
+        return value[:MAX_ARGUMENT_CHARS]
+    return value
 
 
 def _count(value: object, parsed: ParsedReply) -> int | None:
@@ -171,20 +203,20 @@ def _entries(arguments: dict, key: str, most: int, parsed: ParsedReply, read) ->
 
 
 def _read_prompt(entry: dict, parsed: ParsedReply) -> dict | None:
-    prompt = _text(entry.get("prompt"))
+    prompt = _text(entry.get("prompt"), parsed)
     return {"prompt": prompt} if prompt else None
 
 
 def _read_query(entry: dict, parsed: ParsedReply) -> dict | None:
-    query = _text(entry.get("query"))
+    query = _text(entry.get("query"), parsed)
     return {"query": query, "count": _count(entry.get("count"), parsed)} if query else None
 
 
 def _read_url(entry: dict, parsed: ParsedReply) -> dict | None:
-    url, info = _text(entry.get("url")), entry.get("info_to_extract")
+    url, info = _text(entry.get("url"), parsed), entry.get("info_to_extract")
     if url is None or not isinstance(info, str):
         return None
-    return {"url": url, "info_to_extract": info.strip()}
+    return {"url": url, "info_to_extract": _cut(info.strip(), parsed)}
 
 
 def _lead_create(arguments: dict, limits: CallLimits, parsed: ParsedReply) -> dict | None:

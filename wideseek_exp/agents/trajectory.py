@@ -49,6 +49,7 @@ class AgentRun:
     turn_limit: bool = False  # still calling tools on its last turn
     degenerate_repetition: bool = False  # see episode.py: repeated calls or a looping reply
     tool_errors: int = 0  # tool-call items that failed: URLs not from search, missing pages, backend errors
+    reply_limit: bool = False  # a reply was cut at max_reply_tokens (a flag, not a failure: see episode.py)
 
     @property
     def failure(self) -> str | None:
