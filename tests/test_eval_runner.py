@@ -253,3 +253,17 @@ def test_the_protocol_funnel_counts_each_stage_exactly(tmp_path, scripted):
                       "table": 0.6, "item_f1": 0.2}
     results = (tmp_path / "results.md").read_text()
     assert "| an access reads a page | 20.0% |" in results and "| item F1 > 0 | 20.0% |" in results
+
+
+def test_a_trajectory_whose_trial_was_not_written_is_dropped_on_reopen(tmp_path):
+    from wideseek_exp.trialstore import TRAJECTORIES_FILE, TrialStore
+
+    store = TrialStore(tmp_path, {"a": 1})
+    store.add({"instance_id": "t", "sample": 0, "response": "x"}, {"instance_id": "t", "sample_index": 0})
+    # killed between the trajectory line and the trial line of the next trial, then mid-write of another
+    with (tmp_path / TRAJECTORIES_FILE).open("a") as handle:
+        handle.write(json.dumps({"instance_id": "t", "sample_index": 1}) + "\n" + '{"instance_id": "t", "sam')
+    reopened = TrialStore(tmp_path, {"a": 1})
+    assert list(reopened.trials) == [("t", 0)]
+    assert [(r["instance_id"], r["sample_index"]) for r in reopened.trajectories()] == [("t", 0)]
+    assert not list(tmp_path.glob("*.partial"))

@@ -60,8 +60,7 @@ class TrialStore:
         self.trials: dict[tuple[str, int], dict] = {}
         for record in read_complete_lines(self.folder / TRIALS_FILE):
             self.trials[(record["instance_id"], int(record["sample"]))] = record
-        # Trajectories of trials that never reached trials.jsonl are dropped from the count, not the file.
-        list(read_complete_lines(self.folder / TRAJECTORIES_FILE))
+        self._drop_orphan_trajectories()
 
     def _check_settings(self, settings: dict) -> None:
         path = self.folder / SETTINGS_FILE
@@ -74,8 +73,28 @@ class TrialStore:
                     f"{self.folder} holds trials made with other settings ({key}: {earlier.get(key)!r} there, "
                     f"{settings.get(key)!r} now); use a new output folder"
                 )
-        else:
-            path.write_text(json.dumps(settings, indent=2, sort_keys=True))
+        else:  # written whole or not at all: a kill mid-write must not leave a file the next run cannot read
+            partial = path.with_suffix(".json.partial")
+            partial.write_text(json.dumps(settings, indent=2, sort_keys=True))
+            os.replace(partial, path)
+
+    def _drop_orphan_trajectories(self) -> None:
+        """A trajectory is written before its trial line, so a kill between the two leaves a trajectory whose
+        trial is not done; the rerun writes that trial again. Such lines (and any torn last line) are removed,
+        so that trajectories.jsonl holds each finished trial once."""
+        path = self.folder / TRAJECTORIES_FILE
+        records = list(read_complete_lines(path))
+        keep, seen = [], set()
+        for record in records:
+            key = (record.get("instance_id"), int(record.get("sample_index", -1)))
+            if key in self.trials and key not in seen:
+                seen.add(key)
+                keep.append(record)
+        if len(keep) < len(records):
+            partial = path.with_suffix(".jsonl.partial")
+            partial.unlink(missing_ok=True)
+            append_lines(partial, keep)
+            os.replace(partial, path)
 
     def done(self, instance_id: str, sample: int) -> bool:
         return (instance_id, sample) in self.trials

@@ -1,0 +1,120 @@
+"""Kills lose nothing. An evaluation killed with SIGKILL at random points (not Ctrl-C: no handler runs) and
+resumed on the same folder ends with exactly the trials and the metrics of an uninterrupted run: every
+trial once, none twice, no torn line counted.
+
+This file is also the worker: the test runs it as a script, `python tests/test_kill_resume.py eval FOLDER`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+TASKS, SAMPLES = 10, 2
+
+
+def start_worker(folder: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)]),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "eval", str(folder)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+def scores(folder: Path) -> dict:
+    """metrics.json without what depends on the clock or on how many trials this process ran."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return {key: value for key, value in metrics.items()
+            if not any(part in key for part in ("seconds", "wall", "time", "per_s", "rollout"))}
+
+
+def trial_keys(folder: Path) -> list[tuple[str, int]]:
+    return [(record["instance_id"], record["sample"]) for record in map(json.loads, lines(folder / "trials.jsonl"))]
+
+
+@pytest.mark.slow
+def test_an_evaluation_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_path):
+    from scripted_engine import world_config
+
+    world_config()  # the world is built before the workers read it
+    whole = tmp_path / "whole"
+    done = start_worker(whole)
+    assert done.wait(timeout=300) == 0, done.stdout.read()[-3000:]
+
+    killed, rng, kills = tmp_path / "killed", random.Random(0), 0
+    while kills < 4:
+        worker = start_worker(killed)
+        before = len(lines(killed / "trials.jsonl"))
+        deadline = time.monotonic() + 120
+        # kill once this run has added a random number of trials, or at a random moment once it writes
+        target = before + rng.randint(1, 3)
+        while worker.poll() is None and len(lines(killed / "trials.jsonl")) < target and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))
+        if worker.poll() is not None:
+            break  # it finished before the kill
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        kills += 1
+    assert kills >= 2
+    final = start_worker(killed)
+    assert final.wait(timeout=300) == 0, final.stdout.read()[-3000:]
+
+    assert sorted(trial_keys(killed)) == sorted(trial_keys(whole))  # every trial once, none twice
+    assert len(trial_keys(whole)) == TASKS * SAMPLES
+    trajectories = [(r["instance_id"], r["sample_index"]) for r in map(json.loads, lines(killed / "trajectories.jsonl"))]
+    assert sorted(trajectories) == sorted(trial_keys(whole))
+    assert scores(killed) == scores(whole)
+    by_key = {(r["instance_id"], r["sample"]): r["response"] for r in map(json.loads, lines(whole / "trials.jsonl"))}
+    assert {(r["instance_id"], r["sample"]): r["response"] for r in map(json.loads, lines(killed / "trials.jsonl"))} \
+        == by_key
+
+
+# ------------------------------------------------------------------------------------------------ worker
+
+
+def worker(folder: Path) -> None:
+    """An evaluation of TASKS x SAMPLES trials with a scripted lead that answers some tasks with their gold
+    table and others with half of it (so that the metrics are neither 0 nor 1), slowly enough to be killed
+    between and during writes."""
+    import hashlib
+
+    from hydra import compose, initialize_config_dir
+    from scripted_engine import ScriptedEngine, tiny_tokenizer
+
+    import wideseek_exp.engines.factory as engine_factory
+    from wideseek_exp.jobs.eval import run as run_eval
+    from wideseek_exp.tasks.loaders import load_task_set
+    from wideseek_exp.tasks.record import to_markdown_table
+    from wideseek_exp.tracking import JobRun
+
+    with initialize_config_dir(config_dir=str(HERE.parent / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "task=eval", "tracking.enabled=false", "model=tiny_random", "model.max_reply_tokens=4096",
+            f"eval.limit={TASKS}", f"eval.samples={SAMPLES}", "eval.max_active_trajectories=2"])
+    answers = {}
+    for task in load_task_set(cfg.data, "test"):
+        rows = task.gold_rows
+        if int(hashlib.sha256(task.instance_id.encode()).hexdigest(), 16) % 2:
+            rows = rows[: max(1, len(rows) // 2)]
+        answers[task.query] = "```markdown\n" + to_markdown_table(task.gold_columns, rows) + "\n```"
+    engine = ScriptedEngine(tiny_tokenizer(), lambda view: answers[view.user], delay_s=0.15)
+    engine_factory.make_engine = lambda cfg, model_cfg=None: engine
+    run_eval(cfg, JobRun(None), folder)
+
+
+if __name__ == "__main__":
+    worker(Path(sys.argv[2]))
