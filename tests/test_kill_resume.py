@@ -1,8 +1,9 @@
 """Kills lose nothing. An evaluation killed with SIGKILL at random points (not Ctrl-C: no handler runs) and
 resumed on the same folder ends with exactly the trials and the metrics of an uninterrupted run: every
-trial once, none twice, no torn line counted.
+trial once, none twice, no torn line counted. A training run killed with SIGKILL between steps and resumed
+with trainer.resume=true ends with the weights of an uninterrupted run of the same seed, bitwise on CPU.
 
-This file is also the worker: the test runs it as a script, `python tests/test_kill_resume.py eval FOLDER`.
+This file is also the worker: the tests run it as a script, `python tests/test_kill_resume.py eval|train FOLDER`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ HERE = Path(__file__).resolve().parent
 TASKS, SAMPLES = 10, 2
 
 
-def start_worker(folder: Path) -> subprocess.Popen:
+def start_worker(folder: Path, job: str = "eval", *overrides: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)]),
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "eval", str(folder)], env=env,
+    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), job, str(folder), *overrides], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -83,6 +84,44 @@ def test_an_evaluation_killed_at_random_points_resumes_to_the_uninterrupted_resu
         == by_key
 
 
+@pytest.mark.slow
+def test_training_killed_between_steps_resumes_to_the_uninterrupted_weights(tmp_path):
+    from safetensors.torch import load_file
+    from scripted_engine import world_config
+
+    world_config()
+    whole = start_worker(tmp_path / "whole", "train")
+    assert whole.wait(timeout=600) == 0, whole.stdout.read()[-3000:]
+
+    killed = tmp_path / "killed"
+    worker = start_worker(killed, "train")
+    state = killed / "checkpoints" / "checkpoint-2" / "trainer_state.json"  # written last: step 2 is saved whole
+    deadline = time.monotonic() + 600
+    while worker.poll() is None and not state.is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert worker.poll() is None, "the run ended before it could be killed"
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    assert not (killed / "final").exists()
+    (killed / "checkpoints" / "checkpoint-3").mkdir(exist_ok=True)  # as a kill in the middle of saving step 3 leaves
+    resumed = start_worker(killed, "train", "trainer.resume=true")
+    output = resumed.stdout.read()
+    assert resumed.wait(timeout=600) == 0, output[-3000:]
+    assert "resuming from" in output and "checkpoint-2" in output and "skipping" in output
+
+    expected, got = (load_file(folder / "final" / "model.safetensors") for folder in (tmp_path / "whole", killed))
+    assert expected.keys() == got.keys()
+    assert all(torch_equal(expected[name], got[name]) for name in expected), "resumed weights differ"
+    steps = [json.loads(line)["step"] for line in lines(killed / "train_steps.jsonl")]
+    assert steps == [1, 2, 3, 4]
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
+
+
 # ------------------------------------------------------------------------------------------------ worker
 
 
@@ -116,5 +155,31 @@ def worker(folder: Path) -> None:
     run_eval(cfg, JobRun(None), folder)
 
 
+def train_worker(folder: Path, overrides: list[str]) -> None:
+    """Four GRPO steps of the random tiny model (trainer=debug) with a stand-in reward that varies between
+    samples (the real one is 0 for a random model, and so would be every gradient), a checkpoint a step."""
+    from hydra import compose, initialize_config_dir
+
+    from wideseek_exp.rl import reward as reward_module
+    from wideseek_exp.rl.training import train_policy
+    from wideseek_exp.tracking import JobRun
+
+    def stand_in_reward(trajectory, task, judge, cfg):
+        ids = [token for turn in trajectory.root.turns for token in turn.response_ids]
+        share = sum(token % 2 == 0 for token in ids) / max(len(ids), 1)
+        return reward_module.Reward(share, share, 0.0, 0.0, 0.0, 0.0, 0.0, valid=True)
+
+    reward_module.trajectory_reward = stand_in_reward
+    with initialize_config_dir(config_dir=str(HERE.parent / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "task=train", "trainer=debug", "model=tiny_random", "model.max_reply_tokens=32", "trainer.tasks_per_step=1",
+            "trainer.num_generations=2", "trainer.bf16=false", "trainer.max_steps=4", "trainer.save_every=1",
+            "trainer.eval_every=0", "trainer.learning_rate=1e-3", "tracking.enabled=false", *overrides])
+    train_policy(cfg, JobRun(None), folder, evaluate_at_end=False)
+
+
 if __name__ == "__main__":
-    worker(Path(sys.argv[2]))
+    if sys.argv[1] == "train":
+        train_worker(Path(sys.argv[2]), sys.argv[3:])
+    else:
+        worker(Path(sys.argv[2]))

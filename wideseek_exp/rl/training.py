@@ -43,6 +43,43 @@ from wideseek_exp.tracking import JobRun
 from wideseek_exp.world import prepare_world
 
 
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint-N of `folder` that was saved whole. transformers writes trainer_state.json after
+    the weights, optimizer, scheduler and RNG state, so a checkpoint without it was cut short by a kill; it
+    is passed over (its own get_last_checkpoint would take it and fail or resume from torn files)."""
+    if not folder.is_dir():
+        return None
+    saved = sorted((checkpoint_step(path), path) for path in folder.glob("checkpoint-*")
+                   if path.is_dir() and path.name.split("-", 1)[1].isdigit())
+    for _step, path in reversed(saved):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+        print(f"skipping {path}: it was not saved whole (no trainer_state.json)", file=sys.stderr)
+    return None
+
+
+def checkpoint_step(path: str | Path) -> int:
+    return int(Path(path).name.split("-", 1)[1])
+
+
+def keep_steps_up_to(steps_log: Path, last_step: int) -> None:
+    """Cut train_steps.jsonl to the steps up to `last_step` (whole lines only: a line torn by a kill goes)."""
+    if not steps_log.is_file():
+        return
+    kept = []
+    for line in steps_log.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            record = json.loads(line) if line.endswith("\n") else None
+        except json.JSONDecodeError:
+            record = None
+        if record is None or record.get("step", 0) > last_step:
+            break
+        kept.append(line)
+    partial_log = steps_log.with_suffix(".jsonl.partial")
+    partial_log.write_text("".join(kept), encoding="utf-8")
+    os.replace(partial_log, steps_log)
+
+
 def train_policy(cfg: DictConfig, tracker: JobRun, out: Path | None, evaluate_at_end: bool = True) -> dict:
     """Train (the config checked by conf.validate first); `evaluate_at_end=False` skips the final
     evaluation (a caller that evaluates the saved model itself, as a sweep point with exp.train=true does).
@@ -51,7 +88,6 @@ def train_policy(cfg: DictConfig, tracker: JobRun, out: Path | None, evaluate_at
     from accelerate import PartialState
     from accelerate.utils import DistributedType, broadcast_object_list
     from datasets import Dataset
-    from transformers.trainer_utils import get_last_checkpoint
 
     from wideseek_exp.agents.summarize import make_helper_summarizer
     from wideseek_exp.models.loader import resolve_device
@@ -74,7 +110,7 @@ def train_policy(cfg: DictConfig, tracker: JobRun, out: Path | None, evaluate_at
     checkpoints = Path(cfg.trainer.checkpoint_dir) if cfg.trainer.checkpoint_dir else folder / "checkpoints"
     resume_from = None
     if cfg.trainer.resume:
-        resume_from = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        resume_from = last_complete_checkpoint(checkpoints)
         if resume_from is None:
             raise WideseekError(f"trainer.resume=true but there is no checkpoint in {checkpoints}; point at the "
                                 "earlier run with hydra.run.dir=<its job folder> or trainer.checkpoint_dir=...")
@@ -87,10 +123,14 @@ def train_policy(cfg: DictConfig, tracker: JobRun, out: Path | None, evaluate_at
     search = make_search_backend(cfg)
     judge = make_judge(cfg.judge)
     steps_log = folder / "train_steps.jsonl"
+    if state.is_main_process:  # the steps after the checkpoint run again: their old lines go
+        keep_steps_up_to(steps_log, checkpoint_step(resume_from) if resume_from else 0)
 
     def record_step(step: int, trajectories: list[dict]) -> None:
         with steps_log.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({"step": step, "trajectories": trajectories}, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
 
     setup = RolloutSetup(
         tasks=tasks, search=search, agent_cfg=cfg.agent, search_cfg=cfg.search,
