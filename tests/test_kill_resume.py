@@ -2,8 +2,11 @@
 resumed on the same folder ends with exactly the trials and the metrics of an uninterrupted run: every
 trial once, none twice, no torn line counted. A training run killed with SIGKILL between steps and resumed
 with trainer.resume=true ends with the weights of an uninterrupted run of the same seed, bitwise on CPU.
+task=data killed at random points and rerun ends with the tasks and drops of an uninterrupted run, and its
+call cache holds every answered call once.
 
-This file is also the worker: the tests run it as a script, `python tests/test_kill_resume.py eval|train FOLDER`.
+This file is also the worker: the tests run it as a script, `python tests/test_kill_resume.py eval|train|data
+FOLDER`.
 """
 
 from __future__ import annotations
@@ -116,6 +119,37 @@ def test_training_killed_between_steps_resumes_to_the_uninterrupted_weights(tmp_
     assert steps == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
+def test_data_synthesis_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_path):
+    whole = start_worker(tmp_path / "whole", "data")
+    assert whole.wait(timeout=300) == 0, whole.stdout.read()[-3000:]
+    killed, rng, kills = tmp_path / "killed", random.Random(1), 0
+    cache = killed / "llm_cache.jsonl"
+    while kills < 3:
+        worker = start_worker(killed, "data")
+        target = len(lines(cache)) + rng.randint(1, 4)
+        deadline = time.monotonic() + 120
+        while worker.poll() is None and len(lines(cache)) < target and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.2))
+        if worker.poll() is not None:
+            break
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        kills += 1
+    assert kills >= 2
+    final = start_worker(killed, "data")
+    assert final.wait(timeout=300) == 0, final.stdout.read()[-3000:]
+
+    def records(folder: Path, name: str) -> list[str]:
+        return sorted(json.dumps(json.loads(line), sort_keys=True) for line in lines(folder / name))
+
+    for name in ("train.jsonl", "drops.jsonl"):
+        assert records(killed, name) == records(tmp_path / "whole", name), name
+    keys = [json.loads(line)["key"] for line in lines(cache)]
+    assert len(keys) == len(set(keys)) == len(lines(tmp_path / "whole" / "llm_cache.jsonl"))
+
+
 def torch_equal(a, b) -> bool:
     import torch
 
@@ -178,8 +212,25 @@ def train_worker(folder: Path, overrides: list[str]) -> None:
     train_policy(cfg, JobRun(None), folder, evaluate_at_end=False)
 
 
+def data_worker(folder: Path) -> None:
+    """task=data's synthesis on the HybridQA fixture tables with the scripted generator (test_task_synthesis),
+    slowed down so that a kill lands between and during its writes."""
+    import test_task_synthesis as synthesis
+    from synth_double import TableDouble
+
+    class Slow(TableDouble):
+        def generate(self, requests):
+            time.sleep(0.1)
+            return super().generate(requests)
+
+    tables = list(synthesis.read_hybridqa(synthesis.TABLES, synthesis.PASSAGES))
+    synthesis.run(folder, double=Slow(tables, synthesis.MODES), max_concurrency=1)
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "train":
+    if sys.argv[1] == "data":
+        data_worker(Path(sys.argv[2]))
+    elif sys.argv[1] == "train":
         train_worker(Path(sys.argv[2]), sys.argv[3:])
     else:
         worker(Path(sys.argv[2]))
