@@ -17,14 +17,33 @@ import wideseek_exp.conf  # noqa: E402,F401  (registers the structured configs)
 from wideseek_exp.errors import USER_ERRORS, one_line  # noqa: E402
 
 
+def stop_line(stop) -> str:
+    """"stopped: kept ...; resume with: python run.py <the same overrides> <the job's> hydra.run.dir=<folder>"."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    given = [o for o in hydra_cfg.overrides.task if not o.startswith("hydra.run.dir=")]
+    names = {o.split("=", 1)[0].lstrip("+~") for o in stop.resume}
+    given = [o for o in given if o.split("=", 1)[0].lstrip("+~") not in names]
+    folder = [f"hydra.run.dir={stop.out}"] if stop.out is not None and hydra_cfg.mode.name == "RUN" else []
+    command = " ".join(["python run.py", *given, *stop.resume, *folder])
+    return f"stopped: kept {stop.kept}; resume with: {command}"
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
 
-    from wideseek_exp.main import run
+    from wideseek_exp.main import Stopped, run
 
     try:
         return run(cfg)
+    except Stopped as stop:
+        # one line, and out at once: what runs in worker threads (a batch being decoded) is not waited for,
+        # and everything kept is already on disk, written as it was made
+        print(stop_line(stop), file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)
     except USER_ERRORS as error:
         print(one_line(error), file=sys.stderr)
         if HydraConfig.get().mode.name == "RUN":

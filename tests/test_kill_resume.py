@@ -150,6 +150,46 @@ def test_data_synthesis_killed_at_random_points_resumes_to_the_uninterrupted_res
     assert len(keys) == len(set(keys)) == len(lines(tmp_path / "whole" / "llm_cache.jsonl"))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("job", ["eval", "train"])
+def test_ctrl_c_prints_one_line_with_what_was_kept_and_the_resume_command(tmp_path, job):
+    """SIGINT as a user's Ctrl-C, once the job has written something: no traceback, out in seconds, and the
+    line names what is kept and the command that resumes (the same overrides, the same folder)."""
+    from scripted_engine import world_config
+
+    world_config()
+    folder = tmp_path / "job"
+    overrides = {
+        "eval": ["task=eval", "eval.limit=60", "eval.samples=4"],
+        "train": ["task=train", "trainer=debug", "trainer.max_steps=200", "trainer.eval_every=0", "trainer.save_every=1"],
+    }[job]
+    args = [*overrides, "model=tiny_random", "model.max_reply_tokens=32", "tracking.enabled=false", f"hydra.run.dir={folder}"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    process = subprocess.Popen([sys.executable, str(HERE.parent / "run.py"), *args], cwd=HERE.parent, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    written = folder / ("trials.jsonl" if job == "eval" else "checkpoints/checkpoint-2/trainer_state.json")
+    deadline = time.monotonic() + 300
+    while process.poll() is None and not written.is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the job ended before the interrupt"
+    process.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    stdout, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - sent < 20  # seconds, not a batch's worth of decoding and teardown
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stdout + stderr and "Error" not in stderr, stderr[-3000:]
+    stop = [line for line in stderr.splitlines() if line.startswith("stopped:")]
+    assert len(stop) == 1, stderr[-3000:]
+    resume = " ".join([*overrides, "model=tiny_random", "model.max_reply_tokens=32", "tracking.enabled=false"])
+    if job == "eval":
+        kept = len(lines(folder / "trials.jsonl"))
+        assert stop[0].startswith(f"stopped: kept {kept} of 240 trials in {folder / 'trials.jsonl'}")
+        assert stop[0].endswith(f"resume with: python run.py {resume} hydra.run.dir={folder}")
+    else:
+        assert "stopped: kept " + str(folder / "checkpoints" / "checkpoint-") in stop[0]
+        assert stop[0].endswith(f"resume with: python run.py {resume} trainer.resume=true hydra.run.dir={folder}")
+
+
 def torch_equal(a, b) -> bool:
     import torch
 

@@ -1,10 +1,14 @@
 """Validate the config (conf.validate), then run the job cfg.task names (wideseek_exp/jobs/) inside one
-MLflow run (tracking.job_run). Nothing imports this module but run.py."""
+MLflow run (tracking.job_run). Nothing imports this module but run.py.
+
+Ctrl-C stops a job with one line: what it kept and the overrides that resume it (a job module's
+`interrupted(cfg, out)` says both; run.py adds the command)."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 from omegaconf import DictConfig
 
@@ -12,9 +16,17 @@ from wideseek_exp.conf import Task, validate
 from wideseek_exp.tracking import job_run, output_dir
 
 
-def load_job(cfg: DictConfig) -> Callable:
-    """The chosen job's run(cfg, tracker, out). Imported only when chosen, so that a quick job does not pay
-    for the imports (torch, TRL) of the others."""
+class Stopped(Exception):
+    """A job stopped by Ctrl-C: `kept` says what is on disk, `resume` the overrides that continue it."""
+
+    def __init__(self, kept: str, resume: list[str], out: Path | None):
+        super().__init__(kept)
+        self.kept, self.resume, self.out = kept, resume, out
+
+
+def load_job(cfg: DictConfig) -> ModuleType:
+    """The chosen job's module, with its run(cfg, tracker, out). Imported only when chosen, so that a quick
+    job does not pay for the imports (torch, TRL) of the others."""
     task = Task(cfg.task)
     if task is Task.build:
         from wideseek_exp.jobs import build as job
@@ -32,7 +44,7 @@ def load_job(cfg: DictConfig) -> Callable:
         from wideseek_exp.jobs import data as job
     else:
         from wideseek_exp.jobs import serve_search as job
-    return job.run
+    return job
 
 
 def run(cfg: DictConfig):
@@ -42,9 +54,13 @@ def run(cfg: DictConfig):
     finished = False
     try:
         with job_run(cfg, out) as tracker:
-            result = job(cfg, tracker, out)
+            result = job.run(cfg, tracker, out)
         finished = True
         return result
+    except KeyboardInterrupt:
+        interrupted = getattr(job, "interrupted", None)
+        kept, resume = interrupted(cfg, out) if interrupted else (f"what was written so far ({out})", [])
+        raise Stopped(kept, resume, out) from None
     finally:
         close_process_group(finished)
 

@@ -124,6 +124,7 @@ class Scheduler:
         self.recheck: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task] = set()
         self.failed: asyncio.Future = self.loop.create_future()
+        self.stopping = False  # run() is ending (done, failed or cancelled): nothing new is started
 
     # -- running coroutines --------------------------------------------------------------------
 
@@ -131,20 +132,27 @@ class Scheduler:
         """Run top-level coroutines (at most `limit` at once) to the end; the first exception aborts all."""
         self.runnable = 1  # the group runner below
         everything = self.loop.create_task(self.run_group(coroutines, limit))
+        cancelled = False
         try:
             await asyncio.wait({everything, self.failed}, return_when=asyncio.FIRST_COMPLETED)
             if self.failed.done():
                 raise self.failed.exception()
             return everything.result()
+        except asyncio.CancelledError:  # Ctrl-C (asyncio.run cancels us) or a caller's cancel
+            cancelled = True
+            raise
         finally:
+            self.stopping = True
             everything.cancel()
             for task in list(self.tasks):
                 task.cancel()
             await asyncio.gather(everything, *self.tasks, return_exceptions=True)
             if self.recheck is not None:
                 self.recheck.cancel()
+            # a cancelled run does not wait for the batch a worker thread is decoding: its trials are lost
+            # anyway, and a stop should be quick
             for executor in [self.tool_executor, *(queue.executor for queue in self.queues.values())]:
-                executor.shutdown(wait=True, cancel_futures=True)
+                executor.shutdown(wait=not cancelled, cancel_futures=True)
 
     async def run_group(self, coroutines: list[Coroutine], limit: int | None = None) -> list:
         """Run `coroutines` concurrently and return their results in order; the caller waits for all."""
@@ -223,7 +231,7 @@ class Scheduler:
     # -- flushing ----------------------------------------------------------------------------------
 
     def _maybe_flush(self) -> None:
-        if self.runnable > 0 or self.failed.done():
+        if self.runnable > 0 or self.failed.done() or self.stopping:
             return
         if (self.search_requests or self.access_requests) and self.tools_started is None:
             self._flush_tools()

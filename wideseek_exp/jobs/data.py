@@ -150,3 +150,19 @@ def run(cfg: DictConfig, tracker: JobRun, out: Path | None, generator=None) -> d
             tracker.log_artifact(out_dir / name)
     print(text, flush=True)
     return summary
+
+
+def interrupted(cfg: DictConfig, out: Path | None) -> tuple[str, list[str]]:
+    """What a Ctrl-C leaves: the tasks decided so far and every answered generator call (the cache); a
+    rerun skips the decided tasks and asks the cache first."""
+    from wideseek_exp.tasks.synthesis import DROPS_FILE, SPLIT_FILES
+
+    out_dir = Path(cfg.synthesis.out_dir)
+
+    def count(name: str) -> int:
+        path = out_dir / name
+        return sum(1 for line in path.open("rb") if line.endswith(b"\n")) if path.is_file() else 0
+
+    kept = sum(count(name) for name in SPLIT_FILES.values())
+    return (f"{kept} kept and {count(DROPS_FILE)} dropped tasks, {count(CACHE_FILE)} answered calls in {out_dir}",
+            [])

@@ -172,13 +172,13 @@ def train_policy(cfg: DictConfig, tracker: JobRun, out: Path | None, evaluate_at
     started = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=resume_from)
-    except BaseException:
+    except BaseException as failure:
         try:
             saved = trainer.save_checkpoint_now()
         except Exception as error:  # the original failure matters more
             print(f"could not save a checkpoint after the failure: {error}", file=sys.stderr)
-        else:
-            if saved is not None and state.is_main_process:
+        else:  # (a Ctrl-C is reported by the job's one stop line, which names the checkpoint)
+            if saved is not None and state.is_main_process and not isinstance(failure, KeyboardInterrupt):
                 print(f"saved {saved}; continue with trainer.resume=true (same job folder)", file=sys.stderr)
         raise
     seconds = time.perf_counter() - started
