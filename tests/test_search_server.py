@@ -70,10 +70,40 @@ def test_search_r1_request_shape(server, index):
     assert [doc["title"] for doc in plain.json()["result"][0]] == [hit.title for hit in hits]
 
 
-@pytest.mark.parametrize("body", [{"queries": "not a list"}, {"queries": ["q"], "topk": 0}, [1, 2]])
+@pytest.mark.parametrize("body", [{"queries": "not a list"}, {"queries": ["q"], "topk": 0}, [1, 2],
+                                  {"queries": ["q"], "topk": True}, {"queries": ["q"], "top_k": 2},
+                                  {"queries": ["q"], "return_scores": "yes"}])
 def test_bad_requests_get_400(server, body):
     reply = requests.post(server.url + "/retrieve", json=body, timeout=5)
     assert reply.status_code == 400 and "error" in reply.json()
+
+
+def test_malformed_bodies_methods_and_sizes_get_a_4xx_and_the_server_goes_on(server, index):
+    """Each bad request on its own keep-alive connection and on one shared session: a 4xx with a reason,
+    and a good request right after it still gets its answer."""
+    from wideseek_exp.search.server import MAX_BODY_BYTES
+
+    good = {"queries": ["capital of France"], "topk": 2}
+    expected = [doc.url for doc in index.search(["capital of France"], top_k=2)[0]]
+    session = requests.Session()
+    cases = [
+        ("post", "/retrieve", {"data": b'{"queries": ["unclosed"', "headers": {"Content-Type": "application/json"}}, 400),
+        ("post", "/retrieve", {"data": b"\xff\xfe not utf-8"}, 400),
+        ("post", "/access", {"json": {"urls": ["x"], "extra": 1}}, 400),
+        ("post", "/retrieve", {"data": b"{" + b" " * MAX_BODY_BYTES + b"}"}, 413),
+        ("post", "/nowhere", {"json": good}, 404),
+        ("get", "/retrieve", {}, 404),
+        ("put", "/retrieve", {"json": good}, 405),
+        ("delete", "/access", {}, 405),
+        ("patch", "/health", {"json": {}}, 405),
+    ]
+    for method, path, kwargs, status in cases:
+        for sender in (requests, session):
+            reply = getattr(sender, method)(server.url + path, timeout=5, **kwargs)
+            assert reply.status_code == status, (method, path, reply.status_code, reply.text[:200])
+            assert "error" in reply.json()
+            after = sender.post(server.url + "/retrieve", json=good, timeout=5)
+            assert [doc["url"] for doc in after.json()["result"][0]] == expected
 
 
 class FlakyBackend(SearchBackend):
