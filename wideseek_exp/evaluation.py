@@ -154,7 +154,7 @@ def evaluate(cfg: DictConfig, tracker: JobRun, folder: Path, policy: Policy | No
             run_rollouts(tasks, samples, used.engine, used.search, used.engine.tokenizer, cfg.agent, cfg.search,
                          cfg.seed, subagent_engine=used.subagent_engine, summarizer=used.summarizer,
                          on_trajectory=finished, stats=stats, skip=store.done,
-                         max_active_trajectories=cfg.eval.max_active_trajectories)
+                         max_active_trajectories=cfg.eval.max_active_trajectories, keep=False)
         finally:
             progress.close()
             if policy is None:

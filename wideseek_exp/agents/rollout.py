@@ -29,7 +29,7 @@ class Rollout:
 
     def __init__(self, engine: Engine, search: SearchBackend, tokenizer, agent_cfg, search_cfg, seed: int,
                  subagent_engine: Engine | None, summarizer: Summarizer | None,
-                 on_trajectory: Callable[[Trajectory], None] | None):
+                 on_trajectory: Callable[[Trajectory], None] | None, keep: bool = True):
         self.mode = str(agent_cfg.name)
         if self.mode not in ("wideseek", "singleseek"):
             raise WideseekError(f"agent.name must be wideseek or singleseek (got {self.mode!r})")
@@ -44,6 +44,7 @@ class Rollout:
         self.summarizer_engine = own_engine or (self.subagent_engine if self.mode == "wideseek" else engine)
         self.seed = int(seed)
         self.on_trajectory = on_trajectory
+        self.keep = keep
         self.scheduler: Scheduler | None = None
         self.started = 0.0
 
@@ -54,11 +55,11 @@ class Rollout:
                                    limits.tool_wait_s, stats, limits.stop_loops)
         self.started = time.perf_counter()
 
-        async def one(task_index: int, task: TaskRecord, sample_index: int) -> Trajectory:
+        async def one(task_index: int, task: TaskRecord, sample_index: int) -> Trajectory | None:
             trajectory = await Episode(self, task, task_index, sample_index).run()
             if self.on_trajectory is not None:
                 self.on_trajectory(trajectory)
-            return trajectory
+            return trajectory if self.keep else None  # a caller that stores them as they finish keeps none
 
         # Request seeds derive from (instance_id, sample), not from the position in this call, so the
         # trials left to run after a resume ask for the same seeds they would have had.
@@ -88,16 +89,19 @@ def run_rollouts(
     max_active_trajectories: int | None = None,
     stats: RolloutStats | None = None,
     skip: Callable[[str, int], bool] | None = None,
+    keep: bool = True,
 ) -> list[Trajectory]:
     """Roll out `samples` trajectories of every task, all in flight at once (or at most
     `max_active_trajectories`); returned in (task, sample) order. `on_trajectory` is called as each one
     finishes. `subagent_engine` (default: `engine`) serves the subagents; `summarizer` defaults to
     agent_cfg.summarizer. Pass a RolloutStats to receive the batching log. `skip(instance_id, sample)`
-    leaves out trials that are already done (a resumed evaluation)."""
+    leaves out trials that are already done (a resumed evaluation). `keep=False` returns None in place of
+    each trajectory: a caller that stores them in `on_trajectory` (the evaluation) then holds in memory only
+    those in flight, not every finished one (a trajectory's token lists take megabytes)."""
     if samples < 1:
         raise WideseekError(f"samples must be at least 1 (got {samples})")
     rollout = Rollout(engine, search, tokenizer, agent_cfg, search_cfg, seed, subagent_engine, summarizer,
-                      on_trajectory)
+                      on_trajectory, keep)
     coroutine = rollout.run(list(tasks), samples, max_active_trajectories, stats or RolloutStats(), skip)
     try:
         asyncio.get_running_loop()
