@@ -233,15 +233,11 @@ def train_worker(folder: Path, overrides: list[str]) -> None:
     """Four GRPO steps of the random tiny model (trainer=debug) with a stand-in reward that varies between
     samples (the real one is 0 for a random model, and so would be every gradient), a checkpoint a step."""
     from hydra import compose, initialize_config_dir
+    from test_train_e2e import stand_in_reward
 
     from wideseek_exp.rl import reward as reward_module
     from wideseek_exp.rl.training import train_policy
     from wideseek_exp.tracking import JobRun
-
-    def stand_in_reward(trajectory, task, judge, cfg):
-        ids = [token for turn in trajectory.root.turns for token in turn.response_ids]
-        share = sum(token % 2 == 0 for token in ids) / max(len(ids), 1)
-        return reward_module.Reward(share, share, 0.0, 0.0, 0.0, 0.0, 0.0, valid=True)
 
     reward_module.trajectory_reward = stand_in_reward
     with initialize_config_dir(config_dir=str(HERE.parent / "conf"), version_base="1.3"):
