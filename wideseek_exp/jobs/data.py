@@ -164,5 +164,5 @@ def interrupted(cfg: DictConfig, out: Path | None) -> tuple[str, list[str]]:
         return sum(1 for line in path.open("rb") if line.endswith(b"\n")) if path.is_file() else 0
 
     kept = sum(count(name) for name in SPLIT_FILES.values())
-    return (f"{kept} kept and {count(DROPS_FILE)} dropped tasks, {count(CACHE_FILE)} answered calls in {out_dir}",
-            [])
+    return (f"{kept} tasks kept and {count(DROPS_FILE)} dropped, {count(CACHE_FILE)} answered generator calls "
+            f"in {out_dir}", [])
