@@ -36,6 +36,9 @@ class ModelSource(StrEnum):
     tiny_sft = "tiny_sft"
     hub = "hub"  # a Hugging Face hub id (needs the hub or a warm cache; never used by tests)
     local = "local"  # a model folder on disk
+    # a GGUF checkpoint shipped inside a package of the registry (model.package), converted by task=build to a
+    # normal model folder at model.path (models/packaged.py)
+    package = "package"
 
 
 class OnError(StrEnum):
@@ -125,6 +128,9 @@ class ModelConfig:
     thinking: bool = True
     trust_remote_code: bool = False
     tiny: TinyArchConfig | None = None  # only for source=tiny / tiny_sft (the base model's architecture)
+    # only for source=package: the registry package holding the checkpoint ("name==version") and its GGUF file
+    package: str | None = None
+    gguf_file: str | None = None
     # source=tiny_sft: the random tiny model (built from `tiny`) the warm start begins from
     warm_start_from: str | None = None
     lora: LoraConfig = field(default_factory=LoraConfig)

