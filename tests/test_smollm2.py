@@ -110,3 +110,49 @@ def test_engine_matches_transformers_greedy_generate_on_real_weights(smollm):
         assert completion.token_ids == reference_greedy(model, prompt, 24, end)
         expected = teacher_forced_logprobs(model, prompt, completion.token_ids)
         assert completion.logprobs == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_multi_turn_rollout_keeps_its_tokens_as_the_template_renders_them(smollm):
+    """Every prompt the engine received is the agent's recorded turn prompt, and that prompt (earlier turns'
+    replies and follow-ups concatenated) is exactly the checkpoint's template rendering of the conversation so
+    far, with the tools in the system turn and the results as user turns."""
+    from scripted_engine import FakeSearch, ScriptedEngine, agent_config, make_task, tool_call, urls_in
+
+    from wideseek_exp.agents import run_rollouts
+    from wideseek_exp.agents.episode import ChatFormat
+    from wideseek_exp.agents.tools import tools_for
+
+    _, tokenizer = smollm
+
+    def research(view):
+        if view.role == "lead":
+            return (tool_call("create_sub_agents", {"sub_agents": [{"prompt": "find part 1"}, {"prompt": "part 2"}]},
+                              None) if view.turn == 1 else "| Airport | IATA code |\n| --- | --- |\n| Aldova | ALD |")
+        if view.turn == 1:
+            return tool_call("search", {"queries": [{"query": "Aldova airports"}]}, None)
+        if view.turn == 2:
+            return tool_call("access", {"urls": [{"url": urls_in(view.last_tool_result)[0], "info_to_extract": "IATA"}]},
+                             None)
+        return "The IATA code is ALD."
+
+    agent_cfg, search_cfg = agent_config(max_subagents_per_call=2, thinking=False)
+    engine = ScriptedEngine(tokenizer, research)
+    (trajectory,) = run_rollouts([make_task()], 1, engine, FakeSearch(), tokenizer, agent_cfg, search_cfg)
+    chat = ChatFormat(tokenizer, thinking=False)
+    received = [prompt for batch in engine.batches for prompt in batch]
+    checked = 0
+    for agent in trajectory.agents:
+        decoded = tokenizer.decode(agent.prompt_ids)
+        system = decoded.split("<|im_start|>system\n", 1)[1].split("\n\n# Tools", 1)[0]
+        user = decoded.split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        for index, turn in enumerate(agent.turns):
+            prompt = agent.turn_prompt_ids(index)
+            assert prompt in received
+            rendered = chat.render(messages, tools_for(agent.role, agent_cfg, search_cfg))
+            assert prompt == tokenizer.encode(rendered, add_special_tokens=False)
+            reply = tokenizer.decode(turn.response_ids).removesuffix("<|im_end|>")
+            messages += [{"role": "assistant", "content": reply},
+                         {"role": "user", "content": f"<tool_response>\n{turn.tool_result}\n</tool_response>"}]
+            checked += 1
+    assert checked == 2 + 2 * 3 and trajectory.final_answer.startswith("| Airport |")
