@@ -156,3 +156,42 @@ def test_a_multi_turn_rollout_keeps_its_tokens_as_the_template_renders_them(smol
                          {"role": "user", "content": f"<tool_response>\n{turn.tool_result}\n</tool_response>"}]
             checked += 1
     assert checked == 2 + 2 * 3 and trajectory.final_answer.startswith("| Airport |")
+
+
+@pytest.mark.slow
+def test_grpo_with_lora_trains_the_real_checkpoint_and_its_adapter_loads_back(tmp_path):
+    """One GRPO step of SmolLM2 with LoRA adapters (peft): the step has a gradient, the adapters are saved, and
+    base + saved adapters give the trained policy's logits, not the base model's."""
+    from hydra import compose, initialize_config_dir
+    from peft import PeftModel
+    from scripted_engine import world_config
+    from test_train_e2e import stand_in_reward
+
+    from wideseek_exp.models.loader import load_model_and_tokenizer
+    from wideseek_exp.rl import reward as reward_module
+    from wideseek_exp.rl.training import train_policy
+    from wideseek_exp.tracking import JobRun
+
+    world_config()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "task=train", "model=smollm2_135m", "model.lora.enabled=true", "trainer=debug", "trainer.max_steps=1",
+            "trainer.tasks_per_step=1", "trainer.learning_rate=1e-2", "model.max_reply_tokens=24",
+            "trainer.eval_every=0", "trainer.save_every=0", "tracking.enabled=false"])
+    original = reward_module.trajectory_reward
+    reward_module.trajectory_reward = stand_in_reward  # the real reward is 0 for every zero-shot rollout here
+    try:
+        summary = train_policy(cfg, JobRun(None), tmp_path, evaluate_at_end=False)
+    finally:
+        reward_module.trajectory_reward = original
+    assert summary["steps"] == 1
+    final = tmp_path / "final"
+    assert (final / "adapter_model.safetensors").is_file() and not (final / "model.safetensors").exists()
+
+    base, tokenizer = load_model_and_tokenizer(str(FOLDER), dtype="float32", device="cpu")
+    ids = torch.tensor([chat_prompt(tokenizer, "Name an airport.")])
+    with torch.no_grad():
+        before = base(input_ids=ids).logits
+        trained = PeftModel.from_pretrained(base, str(final))
+        after = trained(input_ids=ids).logits
+    assert not torch.allclose(before, after, atol=1e-5)

