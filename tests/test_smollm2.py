@@ -195,3 +195,32 @@ def test_grpo_with_lora_trains_the_real_checkpoint_and_its_adapter_loads_back(tm
         trained = PeftModel.from_pretrained(base, str(final))
         after = trained(input_ids=ids).logits
     assert not torch.allclose(before, after, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_sft_with_lora_imitates_the_expert_and_its_adapter_loads_back(tmp_path):
+    """task=sft on the real checkpoint: the expert's rows, LoRA adapters trained (no copy stage), the adapter
+    saved into the job folder and loaded back onto the base with a different output."""
+    from hydra import compose, initialize_config_dir
+    from peft import PeftModel
+    from scripted_engine import world_config
+
+    from wideseek_exp.jobs.sft import run as run_sft
+    from wideseek_exp.models.loader import load_model_and_tokenizer
+    from wideseek_exp.tracking import JobRun
+
+    world_config()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "task=sft", "model=smollm2_135m", "model.lora.enabled=true", "sft.tasks=2", "sft.max_steps=2",
+            "sft.max_length=1024", "sft.learning_rate=1e-2", "tracking.enabled=false"])
+    counts = run_sft(cfg, JobRun(None), tmp_path)
+    assert counts["steps"] == 2 and counts["rows"] > 0 and "copy_seconds" not in counts
+    adapter = tmp_path / "sft_model"
+    assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "model.safetensors").exists()
+    base, tokenizer = load_model_and_tokenizer(str(FOLDER), dtype="float32", device="cpu")
+    ids = torch.tensor([chat_prompt(tokenizer, "Name an airport.")])
+    with torch.no_grad():
+        before = base(input_ids=ids).logits
+        after = PeftModel.from_pretrained(base, str(adapter))(input_ids=ids).logits
+    assert not torch.allclose(before, after, atol=1e-5)

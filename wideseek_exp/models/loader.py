@@ -78,3 +78,14 @@ def load_tokenizer(path_or_hub_id: str, *, revision: str | None = None, trust_re
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise WideseekError(f"cannot load the tokenizer of {path_or_hub_id!r}: {first_line}") from None
+
+
+def lora_config(cfg):
+    """peft's LoraConfig from model.lora, or None when model.lora.enabled is false (full fine-tuning)."""
+    if not cfg.model.lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    lora = cfg.model.lora
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=list(lora.target_modules), task_type="CAUSAL_LM")

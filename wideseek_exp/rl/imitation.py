@@ -408,9 +408,10 @@ def _head_and_tail(losses: list[float]) -> tuple[float, float]:
     return round(sum(losses[:tenth]) / tenth, 4), round(sum(losses[-tenth:]) / tenth, 4)
 
 
-def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> dict:
+def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None, peft_config=None) -> dict:
     """Fit the model in folder `base` to the expert's rows (after the copy stages), then sft.dagger_rounds
-    rounds of on-policy imitation, and save it to `out_dir`. Returns counts."""
+    rounds of on-policy imitation, and save it to `out_dir`. With `peft_config` (a peft LoraConfig) only
+    LoRA adapters train, and `out_dir` receives the adapter. Returns counts."""
     from wideseek_exp.models.loader import load_model_and_tokenizer
     from wideseek_exp.tasks.loaders import load_task_set
 
@@ -421,6 +422,10 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None) -> di
     random.Random(sft.seed).shuffle(tasks)
     expert_tasks = tasks[: sft.tasks] if sft.tasks else tasks
     model, tokenizer = load_model_and_tokenizer(base, dtype="float32", device="cpu")
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)
     started = time.perf_counter()
     rows, stats = expert_rows(cfg, tokenizer, expert_tasks, int(sft.max_length))
     stats["expert_seconds"] = round(time.perf_counter() - started, 2)

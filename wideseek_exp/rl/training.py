@@ -90,7 +90,7 @@ def train_policy(cfg: DictConfig, tracker: JobRun, out: Path | None, evaluate_at
     from datasets import Dataset
 
     from wideseek_exp.agents.summarize import make_helper_summarizer
-    from wideseek_exp.models.loader import resolve_device
+    from wideseek_exp.models.loader import lora_config, resolve_device
     from wideseek_exp.rl.reward import trajectory_reward
     from wideseek_exp.rl.trainer import MultiAgentGRPOTrainer, RolloutSetup
     from wideseek_exp.scoring import make_judge
@@ -236,16 +236,6 @@ def load_policy(cfg: DictConfig):
     if bf16 is None:
         bf16 = device.type == "cuda" and compute_dtype == torch.bfloat16
     return model, tokenizer, bool(bf16)
-
-
-def lora_config(cfg: DictConfig):
-    if not cfg.model.lora.enabled:
-        return None
-    from peft import LoraConfig
-
-    lora = cfg.model.lora
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
 
 
 def grpo_config(cfg: DictConfig, output_dir: Path, processes: int, bf16: bool):
