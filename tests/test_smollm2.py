@@ -163,11 +163,9 @@ def test_grpo_with_lora_trains_the_real_checkpoint_and_its_adapter_loads_back(tm
     """One GRPO step of SmolLM2 with LoRA adapters (peft): the step has a gradient, the adapters are saved, and
     base + saved adapters give the trained policy's logits, not the base model's."""
     from hydra import compose, initialize_config_dir
-    from peft import PeftModel
     from scripted_engine import world_config
     from test_train_e2e import stand_in_reward
 
-    from wideseek_exp.models.loader import load_model_and_tokenizer
     from wideseek_exp.rl import reward as reward_module
     from wideseek_exp.rl.training import train_policy
     from wideseek_exp.tracking import JobRun
@@ -185,16 +183,7 @@ def test_grpo_with_lora_trains_the_real_checkpoint_and_its_adapter_loads_back(tm
     finally:
         reward_module.trajectory_reward = original
     assert summary["steps"] == 1
-    final = tmp_path / "final"
-    assert (final / "adapter_model.safetensors").is_file() and not (final / "model.safetensors").exists()
-
-    base, tokenizer = load_model_and_tokenizer(str(FOLDER), dtype="float32", device="cpu")
-    ids = torch.tensor([chat_prompt(tokenizer, "Name an airport.")])
-    with torch.no_grad():
-        before = base(input_ids=ids).logits
-        trained = PeftModel.from_pretrained(base, str(final))
-        after = trained(input_ids=ids).logits
-    assert not torch.allclose(before, after, atol=1e-5)
+    assert_adapter_loads_back_and_changes_the_model(tmp_path / "final")
 
 
 @pytest.mark.slow
@@ -202,11 +191,9 @@ def test_sft_with_lora_imitates_the_expert_and_its_adapter_loads_back(tmp_path):
     """task=sft on the real checkpoint: the expert's rows, LoRA adapters trained (no copy stage), the adapter
     saved into the job folder and loaded back onto the base with a different output."""
     from hydra import compose, initialize_config_dir
-    from peft import PeftModel
     from scripted_engine import world_config
 
     from wideseek_exp.jobs.sft import run as run_sft
-    from wideseek_exp.models.loader import load_model_and_tokenizer
     from wideseek_exp.tracking import JobRun
 
     world_config()
@@ -216,7 +203,15 @@ def test_sft_with_lora_imitates_the_expert_and_its_adapter_loads_back(tmp_path):
             "sft.max_length=1024", "sft.learning_rate=1e-2", "tracking.enabled=false"])
     counts = run_sft(cfg, JobRun(None), tmp_path)
     assert counts["steps"] == 2 and counts["rows"] > 0 and "copy_seconds" not in counts
-    adapter = tmp_path / "sft_model"
+    assert_adapter_loads_back_and_changes_the_model(tmp_path / "sft_model")
+
+
+def assert_adapter_loads_back_and_changes_the_model(adapter: Path) -> None:
+    """`adapter` holds a LoRA adapter only, and base + adapter give other logits than the base."""
+    from peft import PeftModel
+
+    from wideseek_exp.models.loader import load_model_and_tokenizer
+
     assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "model.safetensors").exists()
     base, tokenizer = load_model_and_tokenizer(str(FOLDER), dtype="float32", device="cpu")
     ids = torch.tensor([chat_prompt(tokenizer, "Name an airport.")])
