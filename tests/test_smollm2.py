@@ -219,3 +219,38 @@ def assert_adapter_loads_back_and_changes_the_model(adapter: Path) -> None:
         before = base(input_ids=ids).logits
         after = PeftModel.from_pretrained(base, str(adapter))(input_ids=ids).logits
     assert not torch.allclose(before, after, atol=1e-5)
+
+
+def test_smollm2_summarises_the_pages_the_agents_read(smollm):
+    """agent.summarizer=llm with +model@summarizer_model=smollm2_135m: the access tool's result is what SmolLM2,
+    on an engine of its own, extracts from the page, while the agents run on theirs (scripted here)."""
+    from hydra import compose, initialize_config_dir
+    from scripted_engine import FakeSearch, ScriptedEngine, make_task, tiny_tokenizer, tool_call, urls_in, world_config
+
+    from wideseek_exp.agents import run_rollouts
+    from wideseek_exp.agents.summarize import make_helper_summarizer
+
+    world_config()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "tracking.enabled=false", "model=tiny_random", "agent.summarizer=llm", "subagents=1",
+            "+model@summarizer_model=smollm2_135m", "summarizer_model.temperature=0.0"])
+    summarizer = make_helper_summarizer(cfg)
+    assert summarizer.engine.tokenizer.name_or_path == str(FOLDER)
+
+    def script(view):
+        if view.role == "lead":
+            return (tool_call("create_sub_agents", {"sub_agents": [{"prompt": "find the code"}]}) if view.turn == 1
+                    else "| Airport | IATA code |\n| --- | --- |\n| Aldova Airport | ALD |")
+        if view.turn == 1:
+            return tool_call("search", {"queries": [{"query": "Aldova airport", "count": 1}]})
+        if view.turn == 2:
+            return tool_call("access", {"urls": [{"url": urls_in(view.last_tool_result)[0], "info_to_extract": "IATA"}]})
+        return "Report: done."
+
+    tokenizer = tiny_tokenizer()
+    (trajectory,) = run_rollouts([make_task()], 1, ScriptedEngine(tokenizer, script), FakeSearch(), tokenizer,
+                                 cfg.agent, cfg.search, seed=3, summarizer=summarizer)
+    summarised = trajectory.subagents()[0].turns[1].tool_result
+    assert trajectory.generated_tokens["summarizer"] > 0 and summarised
+    assert "Some history of the place." not in summarised  # not the page itself: SmolLM2's extract of it
