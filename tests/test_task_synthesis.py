@@ -17,7 +17,7 @@ from wideseek_exp.scoring.judges import ExactJudge
 from wideseek_exp.tasks.loaders import load_task_set
 from wideseek_exp.tasks.sources import read_hybridqa, read_hybridqa_table
 from wideseek_exp.tasks.synthesis import Synthesizer, card, parse_answer, parse_plan, render_card, save_dataset
-from wideseek_exp.tasks.textgen import CACHE_FILE, CachedGenerator
+from wideseek_exp.tasks.textgen import CACHE_FILE, CachedGenerator, TextReply
 
 FIXTURE = Path(__file__).parent / "fixtures" / "hybridqa"
 TABLES, PASSAGES = FIXTURE / "tables_tok", FIXTURE / "request_tok"
@@ -343,3 +343,36 @@ def test_agent_baseline_rolls_out_the_configured_agent_with_search(tmp_path):
                                              make_task("t2", "List the airports of Borvia.")])
     assert all("| Aldova Airport | ALD |" in answer for answer in answers)
     assert len(generator.engine.batches) == 2  # a search turn, then the answer: the rollout ran
+
+
+def test_a_prompt_over_the_models_context_drops_its_candidate_and_the_others_go_on(tmp_path):
+    """The engine-backed generator refuses a prompt its model cannot take (no engine call for it): that
+    candidate is dropped at its stage with the reason, the rest are answered."""
+    from scripted_engine import ScriptedEngine, tiny_tokenizer, world_config
+
+    from wideseek_exp.jobs.data import EngineTextGenerator
+    from wideseek_exp.tasks.textgen import TextRequest
+
+    cfg = OmegaConf.merge(world_config(), {"synthesis": {"thinking": False}})
+    engine = ScriptedEngine(tiny_tokenizer(), lambda view: "```json\n{}\n```")
+    engine.context_limit = 60
+    generator = EngineTextGenerator(cfg)
+    generator.engine = engine
+    short, long = TextRequest("query", "Plan a task.", 0.7, 32, 0), TextRequest("query", "word " * 200, 0.7, 32, 0)
+    replies = generator.generate([long, short])
+    assert replies[0].refused.startswith("the prompt is ") and "over the model's context of 60" in replies[0].refused
+    assert replies[0].text == "" and replies[1].refused is None and replies[1].text == "```json\n{}\n```"
+    assert [len(batch) for batch in engine.batches] == [1]  # only the short prompt reached the engine
+
+    class Refusing(TableDouble):
+        def generate(self, requests):
+            return [TextReply("", 999, 0, "the prompt is 999 tokens, over the model's context of 100")
+                    if request.stage == "query" and "Lighthouse" in request.prompt else self.one(request)
+                    for request in requests]
+
+    tables = list(read_hybridqa(TABLES, PASSAGES))
+    run(tmp_path, double=Refusing(tables, MODES))
+    drops = drops_by_table(tmp_path)
+    assert drops["Lighthouses_of_the_Inner_Coast_0"]["code"] == "prompt_too_long"
+    # the other candidates end as in a run without the refusal (test_card_counts_histograms_tokens_and_cost)
+    assert sorted(d["code"] for d in drops.values()) == ["low_agreement", "prompt_too_long", "small_source", "too_easy"]

@@ -58,10 +58,19 @@ class EngineTextGenerator:
                                                      tokenize=False, add_generation_prompt=True,
                                                      enable_thinking=bool(self.cfg.synthesis.thinking))
                 prompts.append(tokenizer.encode(text, add_special_tokens=False))
+            # a prompt the model cannot take is refused, not sent: its candidate is dropped with the reason,
+            # and the other candidates go on
+            context = getattr(self.engine, "context_limit", None)
+            fits = [k for k, ids in enumerate(prompts) if context is None or len(ids) < context]
+            for k, ids in enumerate(prompts):
+                if k not in fits:
+                    replies[indices[k]] = TextReply("", len(ids), 0, f"the prompt is {len(ids)} tokens, over the "
+                                                                       f"model's context of {context}")
             sampling = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, seed=seed)
-            for index, ids, completion in zip(indices, prompts, self.engine.generate(prompts, sampling)):
+            completions = self.engine.generate([prompts[k] for k in fits], sampling) if fits else []
+            for k, completion in zip(fits, completions):
                 text = final_answer(tokenizer.decode(completion.token_ids, skip_special_tokens=False))
-                replies[index] = TextReply(text, len(ids), len(completion.token_ids))
+                replies[indices[k]] = TextReply(text, len(prompts[k]), len(completion.token_ids))
         return replies
 
     def close(self) -> None:

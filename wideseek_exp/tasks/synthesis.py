@@ -319,6 +319,9 @@ class Synthesizer:
             live.append(c)
         prompts = [QUERY_PROMPT.format(material=c.material, target_rows=c.target_rows) for c in live]
         for c, reply in zip(live, self.ask("query", prompts, self.s.query_temperature, self.s.max_tokens, self.s.seed)):
+            if reply.refused:
+                c.dropped("query", "prompt_too_long", reply.refused)
+                continue
             try:
                 c.plan = parse_plan(reply.text)
             except Rejected as exc:
@@ -330,6 +333,9 @@ class Synthesizer:
                    for k in range(2)]  # two independent answers: the seed tells them apart
         for i, c in enumerate(live):
             for k in range(2):
+                if replies[k][i].refused:
+                    c.dropped("answer", "prompt_too_long", f"answer {k + 1}: {replies[k][i].refused}")
+                    break
                 try:
                     c.answers.append(parse_answer(replies[k][i].text))
                 except Rejected as exc:

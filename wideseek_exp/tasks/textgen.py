@@ -40,6 +40,8 @@ class TextReply:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    # why there is no text: the generator could not take the prompt (longer than its model's context)
+    refused: str | None = None
 
 
 class TextGenerator(Protocol):
@@ -76,7 +78,8 @@ class CachedGenerator:
         self.max_concurrency = max(1, int(max_concurrency))
         self.cache: dict[str, TextReply] = {}
         for entry in read_complete_lines(self.path):  # a torn last line is cut off here
-            self.cache[entry["key"]] = TextReply(entry["text"], entry["prompt_tokens"], entry["completion_tokens"])
+            self.cache[entry["key"]] = TextReply(entry["text"], entry["prompt_tokens"], entry["completion_tokens"],
+                                                 entry.get("refused"))
         self.usage: dict[str, StageUsage] = defaultdict(StageUsage)
 
     def generate(self, requests: list[TextRequest]) -> list[TextReply]:
