@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from numbers import Integral
 
 from wideseek_exp.agents.tools import ACCESS, CREATE_SUB_AGENTS, LEAD, SEARCH, SINGLE, SUBAGENT
+from wideseek_exp.scoring.table import fenced_blocks
 from wideseek_exp.tasks.record import parse_markdown_table
 
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
@@ -96,22 +97,9 @@ def final_answer(text: str) -> str:
     return text.strip()
 
 
-def _fenced_tables(answer: str) -> list[str]:
-    """The bodies of the ```markdown / ```md blocks, in order, found in one pass (a lazy `(.*?)```` regex
-    rescans the rest of the text from every opening that is never closed)."""
-    blocks, position = [], 0
-    while (opening := _FENCE_OPEN.search(answer, position)) is not None:
-        end = answer.find("```", opening.end())
-        if end < 0:
-            break
-        blocks.append(answer[opening.end():end])
-        position = end + 3
-    return blocks
-
-
 def find_markdown_table(answer: str) -> str | None:
     """The last ```markdown fenced block of `answer` that holds a well-formed pipe table, or None."""
-    for block in reversed(_fenced_tables(answer or "")):
+    for block in reversed(list(fenced_blocks(answer or "", _FENCE_OPEN))):
         try:
             parse_markdown_table(block)
         except ValueError:

@@ -24,7 +24,8 @@ NA_TOKENS = frozenset({
     "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
 })
 
-FENCE_OPEN, FENCE_CLOSE = "```markdown", "```"
+MARKDOWN_FENCE = re.compile(re.escape("```markdown"))  # the official reader's opening fence, exactly
+FENCE_CLOSE = "```"
 # An echo of the query's format line, "```markdown\n{data_content}\n```" (or "{数据内容}").
 PLACEHOLDER = re.compile(r"^\{[^{}\n]*\}$")
 SEPARATOR_CHARS = frozenset("|- :")
@@ -76,18 +77,18 @@ def mangle_duplicates(names: list[str]) -> list[str]:
 # ---- a response's table ------------------------------------------------------------------------
 
 
-def fenced_blocks(response: str):
-    """The ```markdown ... ``` blocks of a response, in order: the official `re.findall(r"```markdown(.*?)```",
-    ..., re.DOTALL)`, found in one pass with str.find (the regex rescans the rest of the text from every
-    opening fence that is never closed, quadratic in a long reply that repeats the opening)."""
-    start = response.find(FENCE_OPEN)
-    while start >= 0:
-        body = start + len(FENCE_OPEN)
-        end = response.find(FENCE_CLOSE, body)
+def fenced_blocks(text: str, opening: re.Pattern = MARKDOWN_FENCE):
+    """The bodies of the fenced blocks of `text` whose opening matches `opening`, each running to the next
+    ```, in order. With the default opening this is the official `re.findall(r"```markdown(.*?)```", ...,
+    re.DOTALL)`, found in one pass (the lazy regex rescans the rest of the text from every opening that is
+    never closed, quadratic in a long reply that repeats the opening)."""
+    position = 0
+    while (found := opening.search(text, position)) is not None:
+        end = text.find(FENCE_CLOSE, found.end())
         if end < 0:
             return  # no closing fence after this opening: none after any later one either
-        yield response[body:end]
-        start = response.find(FENCE_OPEN, end + len(FENCE_CLOSE))
+        yield text[found.end():end]
+        position = end + len(FENCE_CLOSE)
 
 
 def unquote(cell: str) -> str:
