@@ -175,6 +175,19 @@ def test_rerun_is_free_and_an_interrupted_run_resumes(tmp_path):
         assert strip(broken_dir / name) == strip(clean_dir / name)
 
 
+def test_a_stopped_data_job_names_what_it_kept(tmp_path):
+    from scripted_engine import world_config
+
+    from wideseek_exp.jobs.data import interrupted
+
+    run(tmp_path)
+    cfg = OmegaConf.merge(world_config(), {"synthesis": {"out_dir": str(tmp_path)}})
+    kept, resume = interrupted(cfg, None)
+    calls = len(lines(tmp_path / CACHE_FILE))
+    assert kept == f"1 tasks kept and 3 dropped, {calls} answered generator calls in {tmp_path}" and resume == []
+    assert calls > 0
+
+
 def test_other_settings_in_the_same_folder_are_refused(tmp_path):
     run(tmp_path)
     with pytest.raises(WideseekError, match="agreement_threshold"):

@@ -42,6 +42,15 @@ def read_complete_lines(path: Path) -> Iterator[dict]:
             handle.truncate(good_bytes)
 
 
+def count_complete_lines(path: Path) -> int:
+    """How many whole lines (ending in a newline) a jsonl file holds; 0 when it does not exist. Cheap: the
+    lines are counted, not parsed (what a stopped job reports it kept)."""
+    if not path.is_file():
+        return 0
+    with path.open("rb") as handle:
+        return sum(1 for line in handle if line.endswith(b"\n"))
+
+
 def append_lines(path: Path, records: list[dict]) -> None:
     """Append JSON records as lines, on disk before returning (flushed and fsynced): a crash loses at most
     the line being written, which read_complete_lines then cuts off."""

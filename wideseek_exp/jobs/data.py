@@ -61,9 +61,11 @@ class EngineTextGenerator:
             # a prompt the model cannot take is refused, not sent: its candidate is dropped with the reason,
             # and the other candidates go on
             context = getattr(self.engine, "context_limit", None)
-            fits = [k for k, ids in enumerate(prompts) if context is None or len(ids) < context]
+            fits = []
             for k, ids in enumerate(prompts):
-                if k not in fits:
+                if context is None or len(ids) < context:
+                    fits.append(k)
+                else:
                     replies[indices[k]] = TextReply("", len(ids), 0, f"the prompt is {len(ids)} tokens, over the "
                                                                        f"model's context of {context}")
             sampling = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, seed=seed)
@@ -165,13 +167,9 @@ def interrupted(cfg: DictConfig, out: Path | None) -> tuple[str, list[str]]:
     """What a Ctrl-C leaves: the tasks decided so far and every answered generator call (the cache); a
     rerun skips the decided tasks and asks the cache first."""
     from wideseek_exp.tasks.synthesis import DROPS_FILE, SPLIT_FILES
+    from wideseek_exp.trialstore import count_complete_lines
 
     out_dir = Path(cfg.synthesis.out_dir)
-
-    def count(name: str) -> int:
-        path = out_dir / name
-        return sum(1 for line in path.open("rb") if line.endswith(b"\n")) if path.is_file() else 0
-
-    kept = sum(count(name) for name in SPLIT_FILES.values())
-    return (f"{kept} tasks kept and {count(DROPS_FILE)} dropped, {count(CACHE_FILE)} answered generator calls "
-            f"in {out_dir}", [])
+    kept = sum(count_complete_lines(out_dir / name) for name in SPLIT_FILES.values())
+    return (f"{kept} tasks kept and {count_complete_lines(out_dir / DROPS_FILE)} dropped, "
+            f"{count_complete_lines(out_dir / CACHE_FILE)} answered generator calls in {out_dir}", [])

@@ -27,10 +27,9 @@ def run(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
 def interrupted(cfg: DictConfig, out: Path | None) -> tuple[str, list[str]]:
     """What a Ctrl-C leaves: the finished trials (trials.jsonl); a rerun in the same folder runs the rest."""
     from wideseek_exp.evaluation import load_eval_tasks
-    from wideseek_exp.trialstore import TRIALS_FILE
+    from wideseek_exp.trialstore import TRIALS_FILE, count_complete_lines
 
     folder = out or Path(cfg.paths.outputs) / "eval"
-    trials = folder / TRIALS_FILE
-    done = sum(1 for line in trials.open("rb") if line.endswith(b"\n")) if trials.is_file() else 0
+    done = count_complete_lines(folder / TRIALS_FILE)
     total = len(load_eval_tasks(cfg)) * cfg.eval.samples
     return f"{done} of {total} trials in {folder / TRIALS_FILE}", []
