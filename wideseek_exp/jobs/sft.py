@@ -31,11 +31,14 @@ def run(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
     if cfg.model.source != "tiny_sft":
         return imitate_from_checkpoint(cfg, tracker, out or Path(cfg.paths.outputs) / "sft")
     result = build_warm_start(cfg, force=True, log_metrics=tracker.log_metrics)
-    metrics = {f"sft.{k}": float(v) for k, v in result.counts.items() if isinstance(v, int | float)
-               and math.isfinite(v)}
-    tracker.log_metrics(metrics)
+    tracker.log_metrics(sft_metrics(result.counts))
     print(f"warm start saved to {result.path}")
     return result.counts
+
+
+def sft_metrics(counts: dict) -> dict[str, float]:
+    """The numeric counts of an imitation run, as MLflow metrics under sft.*."""
+    return {f"sft.{k}": float(v) for k, v in counts.items() if isinstance(v, int | float) and math.isfinite(v)}
 
 
 def imitate_from_checkpoint(cfg: DictConfig, tracker: JobRun, folder: Path) -> dict:
@@ -50,7 +53,6 @@ def imitate_from_checkpoint(cfg: DictConfig, tracker: JobRun, folder: Path) -> d
     print(f"sft: {cfg.model.name} imitates the scripted expert from its own weights "
           f"({'LoRA adapters' if peft else 'every weight'}) -> {target}", flush=True)
     counts = train_sft(cfg, cfg.model.path, target, tracker.log_metrics, peft_config=peft)
-    tracker.log_metrics({f"sft.{k}": float(v) for k, v in counts.items() if isinstance(v, int | float)
-                         and math.isfinite(v)})
+    tracker.log_metrics(sft_metrics(counts))
     print(f"{'adapter' if peft else 'model'} saved to {target}")
     return counts

