@@ -39,10 +39,11 @@ def lines(path: Path) -> list[str]:
 
 
 def scores(folder: Path) -> dict:
-    """metrics.json without what depends on the clock or on how many trials this process ran."""
+    """What metrics.json says of the trials: every eval.* and funnel.* metric, k and the judge. Its `rollout`
+    section is left out: it describes the rollouts of the last process (wall time, tokens/s, engine calls)."""
     metrics = json.loads((folder / "metrics.json").read_text())
-    return {key: value for key, value in metrics.items()
-            if not any(part in key for part in ("seconds", "wall", "time", "per_s", "rollout"))}
+    assert "eval.item_f1_avg" in metrics["metrics"] and "funnel.item_f1" in metrics["metrics"]
+    return {key: metrics[key] for key in ("judge", "k", "metrics")}
 
 
 def trial_keys(folder: Path) -> list[tuple[str, int]]:
