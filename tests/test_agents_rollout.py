@@ -1,6 +1,5 @@
 """The lead/subagent and single-agent loops on a scripted engine: every path, and the batching scheduler."""
 
-import time
 
 import pytest
 from scripted_engine import (
@@ -370,12 +369,9 @@ def test_no_engine_call_leaves_out_an_agent_that_was_ready(tokenizer):
 
 def test_tool_calls_of_all_agents_run_together_not_one_by_one(tokenizer):
     tasks = [make_task(f"task-{i}") for i in range(3)]
-    search = FakeSearch(delay_s=0.2)
-    start = time.perf_counter()
+    search = FakeSearch(delay_s=0.05)
     _, _, search, stats = rollout(tokenizer, research_script(), tasks=tasks, samples=2, search=search)
-    elapsed = time.perf_counter() - start
-    assert len(search.calls) == 2  # 36 tool calls, 2 backend calls
-    assert elapsed < 0.4 + 2.0, elapsed  # one by one they would take 36 x 0.2 s
+    assert len(search.calls) == 2  # 36 tool calls, 2 backend calls (one by one they would be 36)
     assert [(b.search_requests, b.access_requests) for b in stats.tool_batches] == [(18, 0), (0, 18)]
 
 
