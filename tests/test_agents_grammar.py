@@ -203,20 +203,22 @@ def test_a_bad_mode_is_one_line_naming_the_key(tokenizer):
     assert json.loads(json.dumps(grammar("lead")))  # a plain string, storable in a trajectory
 
 
-def test_a_grounded_report_is_a_run_of_consecutive_lines_the_subagent_read(compiler):
+def test_a_grounded_report_is_a_whole_paragraph_the_subagent_read(compiler):
     read = [["Results for \"Cuba\":", "[1] Cuba", "URL: https://miniweb.local/country/cuba"],
-            ["Page: https://miniweb.local/country/cuba", "Cuba", "Capital: Havana", "Population: 11210064"]]
+            ["Page: https://miniweb.local/country/cuba", "Cuba", "Capital: Havana", "Population: 11210064"],
+            ["- [Havana](https://miniweb.local/city/havana)", "- [Santiago](https://miniweb.local/city/santiago)"]]
     ebnf = reply_grammar("subagent", width=3, max_queries=2, max_urls=2, thinking=True, seen_urls=SEEN,
                          grounding=Grounding(blocks=read))
-    assert admits(compiler, ebnf, answer("Cuba\nCapital: Havana", "Report."))
-    assert admits(compiler, ebnf, answer("Capital: Havana\nPopulation: 11210064", "Report."))
+    members = "- [Havana](https://miniweb.local/city/havana)\n- [Santiago](https://miniweb.local/city/santiago)"
+    assert admits(compiler, ebnf, answer(members, "Report."))
+    assert admits(compiler, ebnf, answer("Page: https://miniweb.local/country/cuba\nCuba\nCapital: Havana\n"
+                                         "Population: 11210064", "Report."))
     assert admits(compiler, ebnf, answer("", "Nothing."))
-    assert not admits(compiler, ebnf, answer("Cuba\nCapital: Havana City", "Report."))  # not a line it read
+    assert not admits(compiler, ebnf, answer("- [Havana](https://miniweb.local/city/havana)", "Report."))  # cut short
+    assert not admits(compiler, ebnf, answer("Cuba\nCapital: Havana", "Report."))  # part of a paragraph
     assert not admits(compiler, ebnf, answer("Capital: Hav", "Report."))  # part of a line
-    assert not admits(compiler, ebnf, answer("Cuba\nPopulation: 11210064", "Report."))  # a line skipped
-    assert not admits(compiler, ebnf, answer("Population: 11210064\nCuba", "Report."))  # not in the order read
-    assert not admits(compiler, ebnf, answer("Cuba\nCuba", "Report."))  # a loop cannot start
-    assert not admits(compiler, ebnf, answer("[1] Cuba\nCuba", "Report."))  # two results: one run of one
+    assert not admits(compiler, ebnf, answer(members + "\n[1] Cuba", "Report."))  # two paragraphs
+    assert not admits(compiler, ebnf, answer(members + "\n" + members, "Report."))  # a loop cannot start
     assert admits(compiler, ebnf, tool_call("search", {"queries": [{"query": "Cuba"}]}, "S."))  # calls as before
 
 
@@ -344,7 +346,7 @@ def test_a_grounded_entity_subagent_may_report_its_row_of_the_table(compiler):
                          grounding=grounding)
     assert admits(compiler, ebnf, "| Cuba | Havana | CUB |")
     assert admits(compiler, ebnf, "| Cuba |  | CUB |")
-    assert admits(compiler, ebnf, "Cuba\nCapital: Havana")  # lines read, as before
+    assert admits(compiler, ebnf, "Page: https://miniweb.local/country/cuba\nCuba\nCapital: Havana\nISO alpha-3 code: CUB")  # a paragraph read
     assert not admits(compiler, ebnf, "| Cuba | Havana |")  # a cell short
     assert not admits(compiler, ebnf, "| Chad | Havana | CUB |")  # another entity
     assert not admits(compiler, ebnf, "| Cuba | La Habana | CUB |")  # not a value it read

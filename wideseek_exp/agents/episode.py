@@ -333,7 +333,7 @@ class Episode:
                 break
 
             result = await self.run_tool(agent, parsed.call, turn_number)
-            # each paragraph of a result is a block: a grounded report quotes a run of lines of one
+            # each paragraph of a result is a block: a grounded report quotes one of them whole
             agent.result_blocks += [[line for line in block.splitlines() if line.strip()]
                                     for block in re.split(r"\n\s*\n", result) if block.strip()]
             if parsed.call.name == ACCESS:

@@ -16,9 +16,9 @@ at most W subagents, max_queries queries, max_urls pages per call, non-empty str
 tool_grammar=seen_urls an access URL is one of the URLs of the agent's own search results, and an
 agent that has searched nothing cannot call access at all; that is the rule the access tool enforces
 anyway (rollout: only URLs from the agent's own results are read), moved into decoding.
-tool_grammar=grounded also grounds a subagent's final report in what it read: the report is a run of
-consecutive whole lines of one paragraph of its tool results (the turn hints left out), or is empty, so a
-list's members are reported whole or in part but never mixed with what follows them. An extraction subagent reports facts it
+tool_grammar=grounded also grounds a subagent's final report in what it read: the report is one whole
+paragraph of its tool results (the turn hints left out), or is empty, so a list's members are reported
+whole, never cut short and never mixed with what follows them. An extraction subagent reports facts it
 found, and a small model then cannot misspell or invent the name or the number it copies; it can only
 choose the wrong line. The lead's final table, on a table task, is the markdown table with exactly the
 columns the task names, in their order, and each cell one of the values its subagents reported (the value
@@ -92,8 +92,8 @@ class Grounding:
 
     quotes        the text its own words quote, a span each: a lead's subtasks (its task), a subagent's
                   queries and info_to_extract (its task and subtask)
-    blocks        the paragraphs of a subagent's tool results, as lines: its report may be a run of
-                  consecutive lines of one
+    blocks        the paragraphs of a subagent's tool results, as lines: its report may be one of
+                  them, whole
     row_keys      a subagent's entities (the names its subtask gives in brackets) on a table task: its report
                   may instead be one row of the task's table, keyed by one of them, with `row_cells` (values
                   from what it read) or empty cells, `row_width` of them after the key
@@ -237,17 +237,15 @@ def _span_rules(rule: str, text: str, banned: set[str]) -> list[str]:
 
 
 def _line_runs(blocks: list[list[str]]) -> list[str]:
-    """answer ::= "" or a run of consecutive lines of one block (line_b_i: line i of block b, then optionally
-    line i+1). A line holding "<" cannot be quoted and ends the runs through it."""
+    """answer_lines ::= "" or one whole block (paragraph) of what the agent read, its lines as written. A block
+    holding a line with "<" cannot be quoted."""
     starts, rules = [], []
     for b, block in enumerate(blocks):
         lines = [line.strip() for line in block if line.strip()]
-        for i, line in enumerate(lines):
-            if "<" in line:
-                continue
-            starts.append(f"line_{b}_{i}")
-            more = f' ("\\n" line_{b}_{i + 1})?' if i + 1 < len(lines) and "<" not in lines[i + 1] else ""
-            rules.append(f"line_{b}_{i} ::= {_literal(line)}{more}")
+        if not lines or any("<" in line for line in lines):
+            continue
+        starts.append(f"para_{b}")
+        rules.append(f"para_{b} ::= {_literal(chr(10).join(lines))}")
     return ['answer_lines ::= ""' + "".join(f" | {start}" for start in starts), *rules]
 
 

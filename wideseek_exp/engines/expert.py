@@ -19,7 +19,7 @@ and generated-token masks, and they are the demonstrations of the imitation warm
 Every subtask and every query is a quote of the task or the subtask, and every entity a name a report
 linked to: the words agent.tool_grammar=grounded lets an agent write.
 
-A list report is a run of lines the subagent read, an entity report one row of the table with values it
+A list report is the paragraph of member lines the subagent read, an entity report one row of the table with values it
 read, and one that found nothing reports nothing (an empty report): the reports agent.tool_grammar=grounded
 admits.
 
