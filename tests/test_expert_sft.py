@@ -385,3 +385,30 @@ def test_on_policy_rows_label_the_states_the_model_reached_with_the_experts_repl
     assert "Page: " + wrong["url"] not in tokenizer.decode(first["input_ids"])  # the state before the wrong page
     assert "Page: " + wrong["url"] in tokenizer.decode(second["input_ids"])  # the state after the wrong page
     assert stats["agreed_turns"] == stats["turns"] - 2
+
+
+def test_the_held_out_train_tasks_are_on_entity_sets_the_imitation_never_played(tmp_path):
+    """experiments/cpu_demo/heldout.py: the train tasks outside the imitation's draw (sft.tasks with sft.seed,
+    as rl/imitation.py draws them) whose entity set no imitated task shares; they load as a task set."""
+    import random
+    import subprocess
+    import sys
+
+    cfg = world_config()
+    out = tmp_path / "heldout.jsonl"
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "experiments/cpu_demo/heldout.py"), str(out), "sft.tasks=64"],
+                          cwd=repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tasks = [t for t in load_task_set(cfg.data, "train") if t.is_table]
+    random.Random(cfg.sft.seed).shuffle(tasks)
+    played = tasks[:64]
+    held = list(load_task_set(OmegaConf.merge(cfg.data, {"path": str(out)}), "train"))
+    played_sets = {t.meta["entity_set"] for t in played}
+    assert held and len(held) < len(tasks) - 64
+    assert not {t.instance_id for t in held} & {t.instance_id for t in played}
+    assert not {t.meta["entity_set"] for t in held} & played_sets
+    expected = [t.instance_id for t in load_task_set(cfg.data, "train")
+                if t.instance_id not in {p.instance_id for p in played} and t.meta["entity_set"] not in played_sets]
+    assert [t.instance_id for t in held] == expected  # every such task, in the split's order
+    assert f"{len(held)} of {len(held)} held-out train tasks" in done.stdout
