@@ -3,8 +3,7 @@
     python experiments/cpu_demo/heldout.py OUT.jsonl [--every 2] [KEY=VALUE ...]
     python run.py data.path=OUT.jsonl data.split=train eval.stride=2 eval.samples=1   # judge a lever on them
 
-The warm start imitates the expert on `sft.tasks` train tasks (drawn with sft.seed, as rl/imitation.py draws
-them). A test task never shares its entity set (the list it asks about) with a train task, so a lever judged
+The warm start imitates the expert on `sft.tasks` train tasks (rl/imitation.py: imitation_split). A test task never shares its entity set (the list it asks about) with a train task, so a lever judged
 on train tasks the imitation played flatters the warm start. The tasks written here are the other train tasks
 whose entity set is that of no task the imitation played: the question a test task asks
 the model (a set it has not seen), asked inside the train split. Every `--every`-th of them is written, in
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 from pathlib import Path
 
@@ -38,14 +36,13 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
 
     import wideseek_exp.conf  # noqa: F401  (registers base_config)
+    from wideseek_exp.rl.imitation import imitation_split
     from wideseek_exp.tasks.loaders import load_task_set
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["tracking.enabled=false", *args.overrides])
     tasks = [t for t in load_task_set(cfg.data, "train") if t.is_table]
-    shuffled = list(tasks)
-    random.Random(cfg.sft.seed).shuffle(shuffled)
-    played = shuffled[: cfg.sft.tasks] if cfg.sft.tasks else shuffled
+    played, _ = imitation_split(tasks, cfg.sft)
     played_ids = {t.instance_id for t in played}
     played_sets = {entity_set(t) for t in played}
     held_out = [t for t in tasks if t.instance_id not in played_ids and entity_set(t) not in played_sets]

@@ -17,7 +17,6 @@ Accuracy on copied tokens is the skill every table cell needs.
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 from pathlib import Path
 
@@ -43,15 +42,14 @@ def main() -> None:
     import wideseek_exp.conf  # noqa: F401  (registers base_config)
     from wideseek_exp.agents import run_rollouts
     from wideseek_exp.engines.expert import ExpertEngine
+    from wideseek_exp.rl.imitation import imitation_split
     from wideseek_exp.search.factory import make_search_backend
     from wideseek_exp.tasks.loaders import load_task_set
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["tracking.enabled=false", *overrides])
     tasks = [t for t in load_task_set(cfg.data, "train") if t.is_table]
-    shuffled = list(tasks)
-    random.Random(cfg.sft.seed).shuffle(shuffled)
-    seen = {t.instance_id for t in shuffled[: cfg.sft.tasks]}
+    seen = {t.instance_id for t in imitation_split(tasks, cfg.sft)[0]}
     held_out = [t for t in tasks if t.instance_id not in seen][: args.tasks]
     tokenizer = AutoTokenizer.from_pretrained(args.models[0])
     agent_cfg = OmegaConf.merge(cfg.agent, {"max_reply_tokens": int(cfg.sft.expert_max_reply_tokens),

@@ -22,7 +22,6 @@ says which step to fix, and by how much a recipe moved it, in a minute instead o
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -59,15 +58,14 @@ def main() -> None:
     from wideseek_exp.engines.base import SamplingParams
     from wideseek_exp.engines.expert import ExpertEngine
     from wideseek_exp.engines.hf import HFEngine
+    from wideseek_exp.rl.imitation import imitation_split
     from wideseek_exp.search.factory import make_search_backend
     from wideseek_exp.tasks.loaders import load_task_set
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["tracking.enabled=false", *overrides])
     tasks = [t for t in load_task_set(cfg.data, "train") if t.is_table]
-    shuffled = list(tasks)
-    random.Random(cfg.sft.seed).shuffle(shuffled)
-    held_out = shuffled[cfg.sft.tasks: cfg.sft.tasks + args.tasks]
+    held_out = imitation_split(tasks, cfg.sft)[1][: args.tasks]
     tokenizer = AutoTokenizer.from_pretrained(models[0])
     # the expert's turns record the grammar of their state (tool_grammar=seen_urls records the seen URLs)
     grammar_mode = str(cfg.agent.tool_grammar)

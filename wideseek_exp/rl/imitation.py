@@ -408,6 +408,15 @@ def _head_and_tail(losses: list[float]) -> tuple[float, float]:
     return round(sum(losses[:tenth]) / tenth, 4), round(sum(losses[-tenth:]) / tenth, 4)
 
 
+def imitation_split(tasks: list, sft) -> tuple[list, list]:
+    """The train tasks as the imitation takes them: shuffled with sft.seed, the first sft.tasks (all of them when
+    0) played by the expert, and the rest, in that order (the on-policy rounds draw from the rest)."""
+    order = list(tasks)
+    random.Random(int(sft.seed)).shuffle(order)
+    count = int(sft.tasks) or len(order)
+    return order[:count], order[count:]
+
+
 def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None, peft_config=None) -> dict:
     """Fit the model in folder `base` to the expert's rows (after the copy stages), then sft.dagger_rounds
     rounds of on-policy imitation, and save it to `out_dir`. With `peft_config` (a peft LoraConfig) only
@@ -419,8 +428,7 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None, peft_
     check_sft(sft)  # before minutes of copy stage and rollouts
     keep_freed_memory()
     tasks = [task for task in load_task_set(cfg.data, "train") if task.is_table]  # never the test split
-    random.Random(sft.seed).shuffle(tasks)
-    expert_tasks = tasks[: sft.tasks] if sft.tasks else tasks
+    expert_tasks, later_tasks = imitation_split(tasks, sft)
     model, tokenizer = load_model_and_tokenizer(base, dtype="float32", device="cpu")
     if peft_config is not None:
         from peft import get_peft_model
@@ -453,7 +461,7 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None, peft_
               f"{stats['loss_last']}", flush=True)
 
     # On-policy rounds: new train tasks each round (after the expert's), rows aggregated over the rounds.
-    pool = tasks[len(expert_tasks):] or tasks
+    pool = later_tasks or expert_tasks
     on_policy: list[dict] = []
     rng = random.Random(int(sft.seed) + 2)
     for round_index in range(int(sft.dagger_rounds)):
