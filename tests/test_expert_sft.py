@@ -227,17 +227,21 @@ def test_a_short_sft_run_lowers_the_loss_and_saves_a_loadable_model(tmp_path):
     cfg = OmegaConf.merge(world_config(), {"sft": {"tasks": 2, "rows": "turn", "max_steps": 8, "max_length": 1024, "batch_size": 2,
                                                    "learning_rate": 2e-3, "copy_steps": 3, "copy_batch_size": 2,
                                                    "copy_length": 32, "copy_text_steps": 2,
-                                                   "copy_text_length": 32}})
+                                                   "copy_text_length": 32, "list_drill_tasks": 2,
+                                                   "list_drill_steps": 3}})
     logged = []
     stats = train_sft(cfg, cfg.model.path, tmp_path, log_metrics=lambda metrics, step: logged.append(metrics))
     assert stats["rows"] > 2 and 0 < stats["trained_tokens"] < stats["tokens"]  # reply tokens only
     assert stats["loss_last"] < stats["loss_first"], stats
     # the copy stage first (random spans, then spans of the expert's own contexts), then the imitation
-    copy_logs, text_logs, sft_logs = logged[:3], logged[3:5], logged[5:]
+    # then the list drill (the list subagents of 2 more tasks, mixed with as many of the imitation's rows)
+    copy_logs, text_logs, sft_logs, drill_logs = logged[:3], logged[3:5], logged[5:13], logged[13:]
     assert all(set(m) == {"sft/copy_loss", "sft/copy_accuracy"} for m in copy_logs)
     assert all(set(m) == {"sft/text_copy_loss", "sft/text_copy_accuracy"} for m in text_logs)
     assert stats["copy_steps"] == 3 and stats["copy_loss_first"] > 0 and stats["text_copy_steps"] == 2
     assert len(sft_logs) == 8 and all("sft/loss" in m for m in sft_logs)
+    assert len(drill_logs) == 3 and all("sft/list_drill_loss" in m for m in drill_logs)
+    assert stats["list_drill_tasks"] == 2 and stats["list_drill_rows"] >= 2  # sft.rows=turn: a row per reply
     model = AutoModelForCausalLM.from_pretrained(tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
     assert model.config.model_type == "qwen3" and tokenizer.chat_template == tiny_tokenizer().chat_template
@@ -402,13 +406,42 @@ def test_the_held_out_train_tasks_are_on_entity_sets_the_imitation_never_played(
     assert done.returncode == 0, done.stderr[-2000:]
     tasks = [t for t in load_task_set(cfg.data, "train") if t.is_table]
     random.Random(cfg.sft.seed).shuffle(tasks)
-    played = tasks[:64]
+    played = tasks[: 64 + cfg.sft.list_drill_tasks]  # the imitation's tasks and the list drill's
     held = list(load_task_set(OmegaConf.merge(cfg.data, {"path": str(out)}), "train"))
     played_sets = {t.meta["entity_set"] for t in played}
-    assert held and len(held) < len(tasks) - 64
+    assert held and len(held) < len(tasks) - len(played)
     assert not {t.instance_id for t in held} & {t.instance_id for t in played}
     assert not {t.meta["entity_set"] for t in held} & played_sets
     expected = [t.instance_id for t in load_task_set(cfg.data, "train")
                 if t.instance_id not in {p.instance_id for p in played} and t.meta["entity_set"] not in played_sets]
     assert [t.instance_id for t in held] == expected  # every such task, in the split's order
     assert f"{len(held)} of {len(held)} held-out train tasks" in done.stdout
+
+
+def test_the_list_drill_trains_on_the_list_subagents_of_tasks_beyond_the_imitations():
+    """sft.list_drill_tasks: the expert plays that many train tasks after the imitation's sft.tasks (in the
+    imitation's shuffled order, so the held-out tasks exclude them too), and only its list subagents (the ones
+    that find the entity set) become rows: one per task, each reading the list its subtask names."""
+    from wideseek_exp.rl.imitation import expert_rows, imitation_split
+
+    cfg = world_config()
+    tasks = [t for t in load_task_set(cfg.data, "train") if t.is_table]
+    sft = OmegaConf.merge(cfg.sft, {"tasks": 8, "list_drill_tasks": 3})
+    played, rest = imitation_split(tasks, sft)
+    plain, plain_rest = imitation_split(tasks, OmegaConf.merge(sft, {"list_drill_tasks": 0}))
+    assert len(played) == 11 and played[:8] == plain and played[8:] == plain_rest[:3] and rest == plain_rest[3:]
+
+    cfg = OmegaConf.merge(cfg, {"agent": {"max_reply_tokens": 4096}})
+    tokenizer = tiny_tokenizer()
+    drill = played[8:]
+    rows, stats = expert_rows(cfg, tokenizer, drill, 6144, list_only=True)
+    assert stats["trajectories"] == 3 and len(rows) == 3
+    everything, _ = expert_rows(cfg, tokenizer, drill, 6144)
+    assert len(everything) > len(rows)
+    for row, task in zip(rows, drill):
+        assert row["role"] == "subagent"
+        text = tokenizer.decode(row["input_ids"])
+        target = tokenizer.decode([t for t, m in zip(row["input_ids"], row["assistant_masks"]) if m])
+        slug = task.meta["entity_set"]
+        assert f"/list/{slug}" in target  # the access call reads the list of this task's set
+        assert f"Page: https://miniweb.local/list/{slug}" in text

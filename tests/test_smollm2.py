@@ -199,7 +199,7 @@ def test_sft_with_lora_imitates_the_expert_and_its_adapter_loads_back(tmp_path):
     world_config()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
-            "task=sft", "model=smollm2_135m", "model.lora.enabled=true", "sft.tasks=2", "sft.max_steps=2",
+            "task=sft", "model=smollm2_135m", "model.lora.enabled=true", "sft.tasks=2", "sft.max_steps=2", "sft.list_drill_steps=0",
             "sft.max_length=1024", "sft.learning_rate=1e-2", "tracking.enabled=false"])
     counts = run_sft(cfg, JobRun(None), tmp_path)
     assert counts["steps"] == 2 and counts["rows"] > 0 and "copy_seconds" not in counts

@@ -3,7 +3,9 @@
     python experiments/cpu_demo/heldout.py OUT.jsonl [--every 2] [KEY=VALUE ...]
     python run.py data.path=OUT.jsonl data.split=train eval.stride=2 eval.samples=1   # judge a lever on them
 
-The warm start imitates the expert on `sft.tasks` train tasks (rl/imitation.py: imitation_split). A test task never shares its entity set (the list it asks about) with a train task, so a lever judged
+The warm start imitates the expert on `sft.tasks` train tasks and drills its list subagents on `sft.list_drill_tasks`
+more (rl/imitation.py: imitation_split). A test task never shares its entity set (the list it asks about) with a
+train task, so a lever judged
 on train tasks the imitation played flatters the warm start. The tasks written here are the other train tasks
 whose entity set is that of no task the imitation played: the question a test task asks
 the model (a set it has not seen), asked inside the train split. Every `--every`-th of them is written, in
@@ -52,7 +54,7 @@ def main() -> None:
         for task in chosen:
             out.write(json.dumps(task.to_json(), ensure_ascii=False) + "\n")
     print(f"{len(chosen)} of {len(held_out)} held-out train tasks ({len(tasks)} in the split, {len(played)} "
-          f"imitated) -> {args.out}")
+          f"played by the expert for the imitation and the list drill) -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -71,14 +71,19 @@ def agent_rows(agent, max_length: int, rows: str, context_tokens: int,
     return out
 
 
+def is_list_agent(agent) -> bool:
+    """A subagent of the lead's first call: the one that finds the entity set."""
+    return agent.role != "lead" and str(agent.agent_id).startswith("lead.1.")
+
+
 def kept_agents(agents: list, keep: int, rng: random.Random) -> list:
     """The agents of one trajectory that become rows: the lead, the subagents of its first call (the
     entity set), and `keep` of the later subagents drawn with `rng` (keep=0: all of them)."""
-    later = [a for a in agents if a.role != "lead" and not str(a.agent_id).startswith("lead.1.")]
+    later = [a for a in agents if a.role != "lead" and not is_list_agent(a)]
     if keep <= 0 or len(later) <= keep:
         return list(agents)
     drawn = {id(a) for a in rng.sample(later, keep)}
-    return [a for a in agents if a.role == "lead" or str(a.agent_id).startswith("lead.1.") or id(a) in drawn]
+    return [a for a in agents if a.role == "lead" or is_list_agent(a) or id(a) in drawn]
 
 
 def keep_freed_memory() -> None:
@@ -237,9 +242,11 @@ def copy_stage(model, tokenizer, sft, log_metrics=None, sources: list[list[int]]
     return stats
 
 
-def expert_rows(cfg: DictConfig, tokenizer, tasks: list, max_length: int) -> tuple[list[dict], dict]:
+def expert_rows(cfg: DictConfig, tokenizer, tasks: list, max_length: int,
+                list_only: bool = False) -> tuple[list[dict], dict]:
     """Training rows from the expert's trajectories (sft.rows: one per agent or one per reply):
-    input_ids and assistant_masks (1 on reply tokens), and the agent's role."""
+    input_ids and assistant_masks (1 on reply tokens), and the agent's role. `list_only`: the rows of the
+    subagents of the lead's first call alone (the ones that find the entity set)."""
     from tqdm import tqdm
 
     from wideseek_exp.engines.expert import ExpertEngine
@@ -259,7 +266,9 @@ def expert_rows(cfg: DictConfig, tokenizer, tasks: list, max_length: int) -> tup
     rows, cut, prompted = [], 0, 0
     per_task = int(cfg.sft.subagents_per_task)
     for trajectory in trajectories:
-        for agent in kept_agents(trajectory.agents, per_task, rng):
+        agents = ([a for a in trajectory.agents if is_list_agent(a)] if list_only
+                  else kept_agents(trajectory.agents, per_task, rng))
+        for agent in agents:
             cut += len(agent.token_ids()) > max_length
             settings = (max_length, str(cfg.sft.rows), int(cfg.sft.context_tokens))
             keep_all = bool(cfg.sft.keep_prompt)
@@ -409,11 +418,12 @@ def _head_and_tail(losses: list[float]) -> tuple[float, float]:
 
 
 def imitation_split(tasks: list, sft) -> tuple[list, list]:
-    """The train tasks as the imitation takes them: shuffled with sft.seed, the first sft.tasks (all of them when
-    0) played by the expert, and the rest, in that order (the on-policy rounds draw from the rest)."""
+    """The train tasks as the imitation takes them: shuffled with sft.seed, the ones the expert plays (the first
+    sft.tasks, all of them when 0, then sft.list_drill_tasks more for the list drill), and the rest, in that
+    order (the on-policy rounds draw from the rest)."""
     order = list(tasks)
     random.Random(int(sft.seed)).shuffle(order)
-    count = int(sft.tasks) or len(order)
+    count = int(sft.tasks) + int(sft.list_drill_tasks) if int(sft.tasks) else len(order)
     return order[:count], order[count:]
 
 
@@ -428,7 +438,8 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None, peft_
     check_sft(sft)  # before minutes of copy stage and rollouts
     keep_freed_memory()
     tasks = [task for task in load_task_set(cfg.data, "train") if task.is_table]  # never the test split
-    expert_tasks, later_tasks = imitation_split(tasks, sft)
+    played, later_tasks = imitation_split(tasks, sft)
+    expert_tasks, drill_tasks = (played[: int(sft.tasks)], played[int(sft.tasks):]) if int(sft.tasks) else (played, [])
     model, tokenizer = load_model_and_tokenizer(base, dtype="float32", device="cpu")
     if peft_config is not None:
         from peft import get_peft_model
@@ -459,6 +470,9 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None, peft_
         stats["loss_first"], stats["loss_last"] = _head_and_tail(losses)
         print(f"sft: {stats['steps']} steps in {stats['train_seconds']} s, loss {stats['loss_first']} -> "
               f"{stats['loss_last']}", flush=True)
+
+    if drill_tasks and int(sft.list_drill_steps) > 0:
+        stats.update(list_drill(cfg, model, tokenizer, drill_tasks, rows, out_dir, log_metrics))
 
     # On-policy rounds: new train tasks each round (after the expert's), rows aggregated over the rounds.
     pool = later_tasks or expert_tasks
@@ -491,9 +505,35 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None, peft_
     return stats
 
 
+def list_drill(cfg: DictConfig, model, tokenizer, tasks: list, replay_rows: list[dict], out_dir: Path,
+               log_metrics=None) -> dict:
+    """The list drill: sft.list_drill_steps steps on the expert's list subagents of `tasks` (train tasks beyond
+    the imitation's, so entity sets it has not seen), mixed with the imitation's rows (sft.list_drill_replay:
+    their share). A list subagent reads one of several look-alike lists its search returns (airports of Cuba,
+    of Montenegro, of Bhutan); choosing the one its subtask names is a copy keyed on the task, which the
+    imitation's few entity sets teach poorly (the model reads a list it has seen before instead)."""
+    sft = cfg.sft
+    started = time.perf_counter()
+    drill, drill_stats = expert_rows(cfg, tokenizer, tasks, int(sft.max_length), list_only=True)
+    share = float(sft.list_drill_replay)
+    rng = random.Random(int(sft.seed) + 3)
+    mixed = drill + rng.sample(replay_rows, min(len(replay_rows), round(len(drill) * share / (1 - share))))
+    print(f"sft: list drill: {len(drill)} list-subagent rows from {len(tasks)} tasks, {len(mixed)} in the mix",
+          flush=True)
+    losses = fit(model, tokenizer, mixed, sft, int(sft.list_drill_steps), float(sft.list_drill_learning_rate),
+                 out_dir, "sft: list drill", log_metrics, "sft/list_drill_loss")
+    stats = {"list_drill_rows": len(drill), "list_drill_tasks": len(tasks),
+             "list_drill_seconds": round(time.perf_counter() - started, 2)}
+    if losses:
+        stats["list_drill_loss_first"], stats["list_drill_loss_last"] = _head_and_tail(losses)
+    return stats
+
+
 def sft_fingerprint(cfg: DictConfig, base: Path) -> str:
     base_stamp = (read_stamp(base) or {}).get("fingerprint", "")
     settings = OmegaConf.to_container(cfg.sft, resolve=True)
+    if not (int(settings["list_drill_tasks"]) and int(settings["list_drill_steps"])):  # no drill: its settings
+        settings = {k: v for k, v in settings.items() if not k.startswith("list_drill_")}  # change nothing
     agent = {k: cfg.agent[k] for k in ("lead_max_turns", "subagent_max_turns", "summarizer", "summary_max_chars",
                                        "thinking")}
     # sft.widths, not the run's `subagents`: a width sweep evaluates one warm start, it does not rebuild it
