@@ -88,6 +88,8 @@ def test_defaults_are_the_offline_stack():
         ("agent.top_p=1.5", "config key 'agent.top_p' must be in (0, 1]"),
         ("trainer.weighting=bad", "trainer.weighting: Invalid value 'bad'"),
         ("sft.rows=episode", "config key 'sft.rows' must be agent or turn"),
+        ("sft.list_drill_replay=1.0", "config key 'sft.list_drill_replay' must be in [0, 1)"),
+        ("sft.list_drill_steps=-1", "config key 'sft.list_drill_steps' must be >= 0"),
     ],
 )
 def test_bad_input_fails_with_one_clear_line(cli, override, expected):
