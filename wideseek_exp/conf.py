@@ -393,7 +393,8 @@ class SftConfig:
     # entity set) of list_drill_tasks more train tasks, played by the expert (mixed with the imitation's rows:
     # list_drill_replay, their share); 0 tasks or steps: none. On 68 held-out train tasks it raised the warm
     # start's item F1 from 15.2 to 22.0 (+6.8 +- 2.3 paired), the right list read in 44 trials instead of 25
-    # (experiments/cpu_demo/README.md)
+    # (experiments/cpu_demo/README.md); on the demo's 40 test tasks the warm start fell instead (W=4 17.7 -> 14.4,
+    # -3.3 +- 3.5), which is not resolved yet
     list_drill_tasks: int = 128
     list_drill_steps: int = 300
     list_drill_learning_rate: float = 5.0e-4

@@ -30,9 +30,10 @@ REPO = Path(__file__).resolve().parents[2]
 WIDTHS = (1, 2, 4, 8)
 EVAL = ("eval.stride=3", "eval.limit=40", "eval.samples=1")
 # GRPO at CPU size (trainer=debug: bf16 updates, one trajectory per micro-batch): 36 steps of 2 train tasks x 4
-# rollouts at lr 1e-4 (trainer=debug's), about half a minute each. On 68 held-out train tasks (README) it raised
+# rollouts at lr 1e-4 (trainer=debug's), half a minute to a minute each. On 68 held-out train tasks (README) it raised
 # the warm start's item F1 from 15.2 to 18.4 (+3.1 +- 1.3 paired), 12 steps at lr 1e-4 to 17.3 (+2.0 +- 1.5);
-# 12 steps at 2e-5, the demo's earlier setting, moved nothing on the test tasks (-0.5 +- 2.1 at W=4)
+# 12 steps at 2e-5, the demo's earlier setting, moved nothing on the test tasks (-0.5 +- 2.1 at W=4). From the
+# warm start with the list drill, these 36 steps lost 5.5 +- 3.0 on the test tasks at W=4 (README)
 TRAIN = ("trainer=debug", "trainer.max_steps=36", "trainer.tasks_per_step=2", "trainer.num_generations=4",
          "trainer.learning_rate=1e-4", "trainer.eval_every=0", "trainer.save_every=0", "eval.limit=2",
          "eval.samples=1")
