@@ -166,8 +166,11 @@ def test_ctrl_c_prints_one_line_with_what_was_kept_and_the_resume_command(tmp_pa
     }[job]
     args = [*overrides, "model=tiny_random", "model.max_reply_tokens=32", "tracking.enabled=false", f"hydra.run.dir={folder}"]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    # SIGINT as a terminal delivers it: a suite started in the background of a non-interactive shell inherits
+    # SIGINT ignored, and an ignored signal stays ignored across exec
     process = subprocess.Popen([sys.executable, str(HERE.parent / "run.py"), *args], cwd=HERE.parent, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     written = folder / ("trials.jsonl" if job == "eval" else "checkpoints/checkpoint-2/trainer_state.json")
     deadline = time.monotonic() + 300
     while process.poll() is None and not written.is_file() and time.monotonic() < deadline:
