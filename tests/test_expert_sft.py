@@ -445,3 +445,21 @@ def test_the_list_drill_trains_on_the_list_subagents_of_tasks_beyond_the_imitati
         slug = task.meta["entity_set"]
         assert f"/list/{slug}" in target  # the access call reads the list of this task's set
         assert f"Page: https://miniweb.local/list/{slug}" in text
+
+
+def test_new_rows_are_mixed_with_replay_rows_at_the_given_share():
+    """DAgger's and the list drill's mix: the new rows, then a seeded draw of replay rows making up `share`."""
+    import random
+
+    from wideseek_exp.rl.imitation import with_replay
+
+    replay = [{"id": k} for k in range(100)]
+    new = [{"id": "new"}] * 4
+    mixed = with_replay(new, replay, 0.5, random.Random(0))
+    assert mixed[:4] == new and len(mixed) == 8 and all(row in replay for row in mixed[4:])
+    assert len({row["id"] for row in mixed[4:]}) == 4  # drawn without repeats
+    assert with_replay(new, replay, 0.5, random.Random(0)) == mixed  # seeded
+    assert len(with_replay(new, replay, 0.75, random.Random(0))) == 16
+    short = with_replay(new, replay[:2], 0.75, random.Random(0))
+    assert sorted(row["id"] for row in short[4:]) == [0, 1]  # all there are
+    assert with_replay(new, replay, 0.0, random.Random(0)) == new

@@ -417,6 +417,11 @@ def _head_and_tail(losses: list[float]) -> tuple[float, float]:
     return round(sum(losses[:tenth]) / tenth, 4), round(sum(losses[-tenth:]) / tenth, 4)
 
 
+def with_replay(new: list[dict], replay: list[dict], share: float, rng: random.Random) -> list[dict]:
+    """`new` rows and a draw of `replay` rows that makes up `share` of the mix (as many as there are)."""
+    return new + rng.sample(replay, min(len(replay), round(len(new) * share / (1 - share))))
+
+
 def imitation_split(tasks: list, sft) -> tuple[list, list]:
     """The train tasks as the imitation takes them: shuffled with sft.seed, the ones the expert plays (the first
     sft.tasks, all of them when 0, then sft.list_drill_tasks more for the list drill), and the rest, in that
@@ -485,7 +490,7 @@ def train_sft(cfg: DictConfig, base: str, out_dir: Path, log_metrics=None, peft_
         new_rows, round_stats = on_policy_rows(cfg, model, tokenizer, round_tasks, int(sft.seed) + 1000 + round_index)
         on_policy += new_rows
         replay = float(sft.dagger_replay)
-        mixed = on_policy + rng.sample(rows, min(len(rows), round(len(on_policy) * replay / (1 - replay))))
+        mixed = with_replay(on_policy, rows, replay, rng)
         print(f"sft: on-policy round {round_index + 1} of {sft.dagger_rounds}: {round_stats['agreed_turns']} of "
               f"{round_stats['turns']} turns as the expert's, item F1 {100 * round_stats['item_f1']:.1f}; "
               f"{len(new_rows)} new rows, {len(mixed)} in the mix", flush=True)
@@ -517,7 +522,7 @@ def list_drill(cfg: DictConfig, model, tokenizer, tasks: list, replay_rows: list
     drill, drill_stats = expert_rows(cfg, tokenizer, tasks, int(sft.max_length), list_only=True)
     share = float(sft.list_drill_replay)
     rng = random.Random(int(sft.seed) + 3)
-    mixed = drill + rng.sample(replay_rows, min(len(replay_rows), round(len(drill) * share / (1 - share))))
+    mixed = with_replay(drill, replay_rows, share, rng)
     print(f"sft: list drill: {len(drill)} list-subagent rows from {len(tasks)} tasks, {len(mixed)} in the mix",
           flush=True)
     losses = fit(model, tokenizer, mixed, sft, int(sft.list_drill_steps), float(sft.list_drill_learning_rate),
@@ -532,8 +537,6 @@ def list_drill(cfg: DictConfig, model, tokenizer, tasks: list, replay_rows: list
 def sft_fingerprint(cfg: DictConfig, base: Path) -> str:
     base_stamp = (read_stamp(base) or {}).get("fingerprint", "")
     settings = OmegaConf.to_container(cfg.sft, resolve=True)
-    if not (int(settings["list_drill_tasks"]) and int(settings["list_drill_steps"])):  # no drill: its settings
-        settings = {k: v for k, v in settings.items() if not k.startswith("list_drill_")}  # change nothing
     agent = {k: cfg.agent[k] for k in ("lead_max_turns", "subagent_max_turns", "summarizer", "summary_max_chars",
                                        "thinking")}
     # sft.widths, not the run's `subagents`: a width sweep evaluates one warm start, it does not rebuild it
