@@ -463,3 +463,34 @@ def test_new_rows_are_mixed_with_replay_rows_at_the_given_share():
     short = with_replay(new, replay[:2], 0.75, random.Random(0))
     assert sorted(row["id"] for row in short[4:]) == [0, 1]  # all there are
     assert with_replay(new, replay, 0.0, random.Random(0)) == new
+
+
+def test_the_compare_script_pairs_item_f1_over_tasks_and_ranks_the_list_read(tmp_path):
+    """experiments/cpu_demo/compare.py: per-task item F1 paired against the first folder (mean and SE of the
+    differences), and the rank among its first search's hits of the page each list subagent read."""
+    import json
+    import subprocess
+    import sys
+
+    def trial(read: str | None) -> dict:
+        hits = "Results for \"x\":\n[1] A\nURL: https://w/a\nsnip\n[2] B\nURL: https://w/b\nsnip"
+        turns = [{"tool_name": "search", "tool_result": hits, "tool_arguments": {}}]
+        if read:
+            turns.append({"tool_name": "access", "tool_result": "Page", "tool_arguments": {"urls": [{"url": read}]}})
+        return {"agents": [{"agent_id": "lead", "turns": []}, {"agent_id": "lead.1.1", "turns": turns}]}
+
+    for name, f1s, reads in (("base", [0.1, 0.2, 0.3], ["https://w/b", None, "https://w/a"]),
+                             ("other", [0.3, 0.2, 0.6], ["https://w/a", "https://w/a", "https://w/c"])):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "per_task.csv").write_text("instance_id,item_f1_mean\n" + "".join(
+            f"t{k},{f}\n" for k, f in enumerate(f1s)))
+        (folder / "trajectories.jsonl").write_text("".join(json.dumps(trial(r)) + "\n" for r in reads))
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "experiments/cpu_demo/compare.py"), str(tmp_path / "base"),
+                           str(tmp_path / "other")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    # differences +20, 0, +30 points: mean +16.7, SE = sd / sqrt(3) = 15.28 / 1.732 = 8.8
+    assert lines[2] == f"| {tmp_path / 'base'} | 3 | 20.0 |  | 1 / 1 / 0 / 0 / 0 / 0 / 1 |"
+    assert lines[3] == f"| {tmp_path / 'other'} | 3 | 36.7 | +16.7 +- 8.8 | 2 / 0 / 0 / 0 / 0 / 1 / 0 |"
