@@ -465,8 +465,8 @@ def test_new_rows_are_mixed_with_replay_rows_at_the_given_share():
     assert with_replay(new, replay, 0.0, random.Random(0)) == new
 
 
-def test_the_compare_script_pairs_item_f1_over_tasks_and_ranks_the_list_read(tmp_path):
-    """experiments/cpu_demo/compare.py: per-task item F1 paired against the first folder (mean and SE of the
+def test_the_paired_script_pairs_item_f1_over_tasks_and_ranks_the_list_read(tmp_path):
+    """experiments/cpu_demo/paired.py: per-task item F1 paired against the first folder (mean and SE of the
     differences), and the rank among its first search's hits of the page each list subagent read."""
     import json
     import subprocess
@@ -487,7 +487,7 @@ def test_the_compare_script_pairs_item_f1_over_tasks_and_ranks_the_list_read(tmp
             f"t{k},{f}\n" for k, f in enumerate(f1s)))
         (folder / "trajectories.jsonl").write_text("".join(json.dumps(trial(r)) + "\n" for r in reads))
     repo = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, str(repo / "experiments/cpu_demo/compare.py"), str(tmp_path / "base"),
+    done = subprocess.run([sys.executable, str(repo / "experiments/cpu_demo/paired.py"), str(tmp_path / "base"),
                            str(tmp_path / "other")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()

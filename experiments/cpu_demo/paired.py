@@ -1,7 +1,7 @@
 """Compare evaluation folders task by task: item F1, the paired difference against the first folder, and which
 search hit each list subagent read.
 
-    python experiments/cpu_demo/compare.py BASE OTHER [OTHER ...]
+    python experiments/cpu_demo/paired.py BASE OTHER [OTHER ...]
 
 Each folder is an evaluation's output (`per_task.csv`, `trajectories.jsonl`). A difference is the mean of the
 per-task differences (OTHER - BASE) over the tasks both hold, with its standard error. The list subagent (the
