@@ -393,7 +393,8 @@ def test_on_policy_rows_label_the_states_the_model_reached_with_the_experts_repl
 
 def test_the_held_out_train_tasks_are_on_entity_sets_the_imitation_never_played(tmp_path):
     """experiments/cpu_demo/heldout.py: the train tasks outside the imitation's draw (sft.tasks with sft.seed,
-    as rl/imitation.py draws them) whose entity set no imitated task shares; they load as a task set."""
+    as rl/imitation.py draws them) whose entity set no imitated task shares; they load as a task set, and
+    `--every 2 --start 1` writes the odd positions of them."""
     import random
     import subprocess
     import sys
@@ -401,7 +402,8 @@ def test_the_held_out_train_tasks_are_on_entity_sets_the_imitation_never_played(
     cfg = world_config()
     out = tmp_path / "heldout.jsonl"
     repo = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, str(repo / "experiments/cpu_demo/heldout.py"), str(out), "sft.tasks=64"],
+    done = subprocess.run([sys.executable, str(repo / "experiments/cpu_demo/heldout.py"), str(out), "sft.tasks=64",
+                           "--every", "2", "--start", "1"],
                           cwd=repo, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     tasks = [t for t in load_task_set(cfg.data, "train") if t.is_table]
@@ -409,13 +411,13 @@ def test_the_held_out_train_tasks_are_on_entity_sets_the_imitation_never_played(
     played = tasks[: 64 + cfg.sft.list_drill_tasks]  # the imitation's tasks and the list drill's
     held = list(load_task_set(OmegaConf.merge(cfg.data, {"path": str(out)}), "train"))
     played_sets = {t.meta["entity_set"] for t in played}
-    assert held and len(held) < len(tasks) - len(played)
+    assert len(held) > 1 and len(held) < len(tasks) - len(played)
     assert not {t.instance_id for t in held} & {t.instance_id for t in played}
     assert not {t.meta["entity_set"] for t in held} & played_sets
     expected = [t.instance_id for t in load_task_set(cfg.data, "train")
                 if t.instance_id not in {p.instance_id for p in played} and t.meta["entity_set"] not in played_sets]
-    assert [t.instance_id for t in held] == expected  # every such task, in the split's order
-    assert f"{len(held)} of {len(held)} held-out train tasks" in done.stdout
+    assert [t.instance_id for t in held] == expected[1::2]  # every other such task, in the split's order
+    assert f"{len(held)} of {len(expected)} held-out train tasks" in done.stdout
 
 
 def test_the_list_drill_trains_on_the_list_subagents_of_tasks_beyond_the_imitations():

@@ -1,6 +1,6 @@
 """Write the held-out train tasks: train tasks the imitation warm start never saw, on entity sets it never saw.
 
-    python experiments/cpu_demo/heldout.py OUT.jsonl [--every 2] [KEY=VALUE ...]
+    python experiments/cpu_demo/heldout.py OUT.jsonl [--every 2 [--start 1]] [KEY=VALUE ...]
     python run.py data.path=OUT.jsonl data.split=train eval.stride=2 eval.samples=1   # judge a lever on them
 
 The warm start imitates the expert on `sft.tasks` train tasks and drills its list subagents on `sft.list_drill_tasks`
@@ -9,7 +9,8 @@ train task, so a lever judged
 on train tasks the imitation played flatters the warm start. The tasks written here are the other train tasks
 whose entity set is that of no task the imitation played: the question a test task asks
 the model (a set it has not seen), asked inside the train split. Every `--every`-th of them is written, in
-the split's order. The overrides are those the warm start was built with (sft.tasks, sft.seed, data.*).
+the split's order, from the `--start`-th (0-based): `--every 2` and `--every 2 --start 1` are two disjoint halves,
+for a second look at a lever judged on the first. The overrides are those the warm start was built with (sft.tasks, sft.seed, data.*).
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--every", type=int, default=1, help="write every N-th held-out task")
+    parser.add_argument("--start", type=int, default=0, help="from the N-th held-out task (0-based)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_intermixed_args()
+    if args.every < 1 or not 0 <= args.start < args.every:
+        parser.error(f"--every must be at least 1 and --start in 0..every-1, got --every {args.every} "
+                     f"--start {args.start}")
 
     from hydra import compose, initialize_config_dir
 
@@ -48,7 +53,7 @@ def main() -> None:
     played_ids = {t.instance_id for t in played}
     played_sets = {entity_set(t) for t in played}
     held_out = [t for t in tasks if t.instance_id not in played_ids and entity_set(t) not in played_sets]
-    chosen = held_out[:: max(1, args.every)]
+    chosen = held_out[args.start :: args.every]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w") as out:
         for task in chosen:
