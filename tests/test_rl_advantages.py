@@ -91,3 +91,16 @@ def test_a_step_with_nothing_to_train_has_zero_weights():
 def test_unknown_weighting_is_refused():
     with pytest.raises(ValueError, match="unknown weighting"):
         token_weights("tokens", ROW_TRAJECTORY, ROW_TOKENS, trajectories=3)
+
+
+def test_agents_cov_is_the_in_group_covariance_of_agent_count_and_advantage():
+    """advantage/agents_cov: per group, mean((N_i - mean N) * Â_i); then the mean over groups. Wider rollouts
+    that scored better give a positive value, a group whose rollouts all started as many agents gives 0."""
+    from wideseek_exp.rl.trainer import agents_advantage_cov
+
+    advantages = torch.tensor([[1.0, -1.0, 0.5, -0.5], [1.0, -1.0, 0.0, 0.0]])
+    agents = [9, 3, 5, 3, 4, 4, 4, 4]  # group 1: N - mean N = 4, -2, 0, -2; group 2: all alike
+    summaries = [{"agents": n} for n in agents]
+    # group 1: (4 * 1 + -2 * -1 + 0 * 0.5 + -2 * -0.5) / 4 = 7 / 4; group 2: 0
+    assert agents_advantage_cov(summaries, advantages) == pytest.approx(7 / 8)
+    assert agents_advantage_cov(summaries, -advantages) == pytest.approx(-7 / 8)

@@ -456,6 +456,16 @@ def trajectory_summary(trajectory: Trajectory, reward: Reward, advantage: float,
     }
 
 
+def agents_advantage_cov(summaries: list[dict], advantages: torch.Tensor) -> float:
+    """The covariance of a trajectory's agent count N_i with its Â_i inside its group, averaged over the groups
+    (`summaries` in the order of `advantages`, a (tasks, G) grid). Above 0: the rollouts that started more
+    agents were the better ones. The paper's weights give the lead's tokens 1/N_i, so then the lead's tokens
+    of the worse, narrower rollouts outweigh those of the better, wider ones."""
+    agents = torch.tensor([s["agents"] for s in summaries], dtype=torch.float64).view_as(advantages)
+    centred = agents - agents.mean(dim=1, keepdim=True)
+    return float((centred * advantages.double()).mean(dim=1).mean())
+
+
 def step_metrics(summaries: list[dict], advantages: torch.Tensor) -> dict[str, float]:
     """Means over the step's trajectories (NaN rewards, judge failures, left out of the reward means)."""
     count = max(len(summaries), 1)
@@ -478,6 +488,7 @@ def step_metrics(summaries: list[dict], advantages: torch.Tensor) -> dict[str, f
         "advantage/min": float(advantages.min()),
         "advantage/max": float(advantages.max()),
         "advantage/zero_groups": float((advantages == 0).all(dim=1).double().mean()),
+        "advantage/agents_cov": agents_advantage_cov(summaries, advantages),
         "trajectory/agents": mean(s["agents"] for s in summaries),
         "trajectory/subagents": mean(s["subagents"] for s in summaries),
         "trajectory/lead_failed": mean(s["lead_failure"] is not None for s in summaries),
