@@ -1,7 +1,7 @@
 """Write the held-out train tasks: train tasks the imitation warm start never saw, on entity sets it never saw.
 
     python experiments/cpu_demo/heldout.py OUT.jsonl [--every 2 [--start 1]] [KEY=VALUE ...]
-    python run.py data.path=OUT.jsonl data.split=train eval.stride=2 eval.samples=1   # judge a lever on them
+    python run.py data.path=OUT.jsonl data.split=train eval.samples=1   # judge a lever on them (all tasks of OUT)
 
 The warm start imitates the expert on `sft.tasks` train tasks and drills its list subagents on `sft.list_drill_tasks`
 more (rl/imitation.py: imitation_split). A test task never shares its entity set (the list it asks about) with a
