@@ -23,7 +23,7 @@ $(STAMP): requirements.txt constraints.txt
 	@touch $(STAMP)
 
 # The main job, in two visible steps. 1: task=build makes the mini-web world and the default model, the tiny
-# model and its imitation warm start (about 26 minutes on a 2-core CPU the first time; cached, then seconds).
+# model and its imitation warm start (20 to 26 minutes on a 2-core CPU the first time; cached, then seconds).
 # 2: task=eval evaluates the default configuration on 40 of the mini-web test tasks (every 3rd: all families),
 # one trial each (a few minutes), prints the paper-format table and logs to MLflow. `make run RUN_EVAL=`
 # evaluates all 122 test tasks x 4 trials (Avg@4 / Max@4 / Pass@4). Evaluation never trains: without the warm

@@ -25,7 +25,7 @@ def run(cfg: DictConfig, tracker: JobRun, out: Path | None) -> dict:
     results = build_world(cfg)
     if needs_warm_start(cfg):
         if not warm_start_is_current(cfg):
-            print(f"tiny-sft: imitation warm start into {cfg.model.path} (about 26 minutes on a 2-core CPU, once; "
+            print(f"tiny-sft: imitation warm start into {cfg.model.path} (20 to 26 minutes on a 2-core CPU, once; "
                   "cached)", flush=True)
         warm_start = build_warm_start(cfg, log_metrics=tracker.log_metrics)
         print(warm_start.summary(), flush=True)

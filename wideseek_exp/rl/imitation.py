@@ -571,6 +571,6 @@ def require_warm_start(cfg: DictConfig) -> None:
     build = "python run.py task=build"
     if stamp is None:
         raise WideseekError(f"the {cfg.model.name} model's imitation warm start is not built at {cfg.model.path}: run "
-                            f"`{build}` first (about 26 minutes on a 2-core CPU, once)")
+                            f"`{build}` first (20 to 26 minutes on a 2-core CPU, once)")
     raise WideseekError(f"the warm start at {cfg.model.path} was built from other sft.* settings (or another base "
                         f"model or seed): run `{build}` with this job's model, sft.* and seed settings")
