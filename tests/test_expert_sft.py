@@ -469,7 +469,8 @@ def test_new_rows_are_mixed_with_replay_rows_at_the_given_share():
 
 def test_the_paired_script_pairs_item_f1_over_tasks_and_ranks_the_list_read(tmp_path):
     """experiments/cpu_demo/paired.py: per-task item F1 paired against the first folder (mean and SE of the
-    differences), and the rank among its first search's hits of the page each list subagent read."""
+    differences), the rank among its first search's hits of the page each list subagent read, and the lead calls
+    and subagents a trial."""
     import json
     import subprocess
     import sys
@@ -488,11 +489,14 @@ def test_the_paired_script_pairs_item_f1_over_tasks_and_ranks_the_list_read(tmp_
         (folder / "per_task.csv").write_text("instance_id,item_f1_mean\n" + "".join(
             f"t{k},{f}\n" for k, f in enumerate(f1s)))
         (folder / "trajectories.jsonl").write_text("".join(json.dumps(trial(r)) + "\n" for r in reads))
+        (folder / "trials.jsonl").write_text("".join(json.dumps({"lead_calls": 2 + k, "subagents": 3 * k}) + "\n"
+                                                     for k in range(len(reads) if name == "base" else 2)))
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, str(repo / "experiments/cpu_demo/paired.py"), str(tmp_path / "base"),
                            str(tmp_path / "other")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     # differences +20, 0, +30 points: mean +16.7, SE = sd / sqrt(3) = 15.28 / 1.732 = 8.8
-    assert lines[2] == f"| {tmp_path / 'base'} | 3 | 20.0 |  | 1 / 1 / 0 / 0 / 0 / 0 / 1 |"
-    assert lines[3] == f"| {tmp_path / 'other'} | 3 | 36.7 | +16.7 +- 8.8 | 2 / 0 / 0 / 0 / 0 / 1 / 0 |"
+    # lead calls / subagents a trial: base 2, 3, 4 / 0, 3, 6; other 2, 3 / 0, 3
+    assert lines[2] == f"| {tmp_path / 'base'} | 3 | 20.0 |  | 1 / 1 / 0 / 0 / 0 / 0 / 1 | 3.0 / 3.0 |"
+    assert lines[3] == f"| {tmp_path / 'other'} | 3 | 36.7 | +16.7 +- 8.8 | 2 / 0 / 0 / 0 / 0 / 1 / 0 | 2.5 / 1.5 |"
