@@ -104,3 +104,25 @@ def test_agents_cov_is_the_in_group_covariance_of_agent_count_and_advantage():
     # group 1: (4 * 1 + -2 * -1 + 0 * 0.5 + -2 * -0.5) / 4 = 7 / 4; group 2: 0
     assert agents_advantage_cov(summaries, advantages) == pytest.approx(7 / 8)
     assert agents_advantage_cov(summaries, -advantages) == pytest.approx(-7 / 8)
+
+
+def test_the_agents_cov_script_counts_the_groups_whose_wider_rollouts_scored_better(tmp_path):
+    """experiments/cpu_demo/agents_cov.py over a run's train_steps.jsonl: the mean in-group covariance, the groups
+    with it above / below 0 among those whose agent counts and advantages differ, and the sum of Â / N."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def traj(task: str, agents: int, advantage: float) -> dict:
+        return {"instance_id": task, "agents": agents, "advantage": advantage}
+
+    steps = [[traj("a", 4, 1.0), traj("a", 2, -1.0), traj("b", 3, 1.0), traj("b", 3, -1.0)],  # a: cov +1, b: 0
+             [traj("c", 2, 1.0), traj("c", 6, -1.0), traj("d", 2, 0.0), traj("d", 5, 0.0)]]  # c: -2, d: Â all 0
+    (tmp_path / "train_steps.jsonl").write_text("".join(
+        json.dumps({"step": k + 1, "trajectories": t}) + "\n" for k, t in enumerate(steps)))
+    script = Path(__file__).resolve().parents[1] / "experiments/cpu_demo/agents_cov.py"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    # mean (1 + 0 - 2 + 0) / 4 = -0.25; a above, c below; sum Â/N = 1/4 - 1/2 + 1/3 - 1/3 + 1/2 - 1/6 = +0.08
+    assert done.stdout.splitlines()[2] == f"| {tmp_path} | 4 | -0.25 | 1 / 1 | +0.08 |"
